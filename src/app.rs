@@ -1,0 +1,110 @@
+//! The state every request shares (settings, the routes store, the gate and engine clients,
+//! readiness) and the two ways a request leaves callgate for the engine.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use http::{Request, Response};
+use http_body_util::{Either, Limited};
+use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Engine, EngineBody, Peer, MAX_STREAMED_BODY};
+use crate::error::RequestError;
+use crate::gate::GateClient;
+use crate::metrics::Metrics;
+use crate::routes::store::RouteStore;
+use crate::routes::ValidateOptions;
+use crate::settings::Settings;
+use crate::webhook::{self, Waits};
+use crate::ResBody;
+
+/// Shared by every connection on both listeners.
+pub struct App {
+    pub settings: Settings,
+    pub routes: RouteStore,
+    pub gate: GateClient,
+    pub engine: Engine,
+    pub metrics: &'static Metrics,
+    /// Upgraded streams in flight (also held by the engine), drained on shutdown.
+    pub streams: TaskTracker,
+    ready: AtomicBool,
+}
+
+impl App {
+    pub fn new(settings: Settings, routes: RouteStore, gate: GateClient, metrics: &'static Metrics) -> App {
+        let streams = TaskTracker::new();
+        let engine = Engine::new(settings.upstream.clone(), settings.upstream_timeout, streams.clone());
+        App { settings, routes, gate, engine, metrics, streams, ready: AtomicBool::new(false) }
+    }
+
+    pub fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions { allow_insecure_gates: self.settings.allow_insecure_gates }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_voice_path(&self, path: &str) -> bool {
+        self.settings.voice_paths.iter().any(|p| p == path)
+    }
+
+    /// Forwards a voice-path request with callgate's decision headers set.
+    pub async fn forward_voice(
+        &self,
+        mut request: Request<EngineBody>,
+        peer: Peer,
+        decision: &'static str,
+        agent_id: Option<&str>,
+        waits: &mut Waits,
+    ) -> Result<Response<ResBody>, RequestError> {
+        self.engine.prepare(&mut request, peer);
+        webhook::set_decision_headers(request.headers_mut(), decision, agent_id);
+        self.send(request, waits).await
+    }
+
+    /// Forwards any other request, streaming its body (up to [`MAX_STREAMED_BODY`]).
+    pub async fn forward_stream(
+        &self,
+        request: Request<Incoming>,
+        peer: Peer,
+        waits: &mut Waits,
+    ) -> Result<Response<ResBody>, RequestError> {
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
+            return Err(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
+        }
+        let mut request = request.map(|b| Either::Right(Limited::new(b, MAX_STREAMED_BODY)));
+        self.engine.prepare(&mut request, peer);
+        self.send(request, waits).await
+    }
+
+    async fn send(
+        &self,
+        request: Request<EngineBody>,
+        waits: &mut Waits,
+    ) -> Result<Response<ResBody>, RequestError> {
+        let started = Instant::now();
+        let result = self.engine.forward(request).await;
+        waits.0 += started.elapsed();
+        match result {
+            Ok(response) => Ok(response.map(Either::Right)),
+            Err(e) => {
+                if let Some(cause) = e.cause() {
+                    self.metrics.record_upstream_error(cause);
+                }
+                tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
+                Err(e.into())
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `callgate demo`: the real server on loopback with a built-in demo voice engine and demo gates
+//! (accept, reject, slow, dead), and one `curl` line printed per decision.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::settings::Settings;
+use crate::{Listeners, StartError};
+
+/// The demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot bind {0}")]
+    Bind(String, #[source] std::io::Error),
+    #[error("cannot write the demo routes file {0}")]
+    Routes(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// The demo numbers: each one shows one decision.
+pub const CASES: [(&str, &str, &str); 6] = [
+    ("accept", "+15005550001", "the agent's gate says accept: forwarded to the engine"),
+    ("reject", "+15005550002", "the number's own gate says reject: busy TwiML, the engine never hears of it"),
+    ("fail_open", "+15005550003", "the gate is slower than its 1 s timeout: fails open, forwarded"),
+    ("fail_open", "+15005550004", "the gate refuses connections: fails open, forwarded"),
+    ("fail_closed", "+15005550005", "a compliance gate (on_failure: reject) is down: busy TwiML"),
+    ("no_gate", "+15005550009", "a number with no gate: forwarded"),
+];
+
+/// Runs the demo until `shutdown` completes.
+pub async fn run(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let engine = bind(loopback).await?;
+    let gates = bind(loopback).await?;
+    let dead = bind(loopback).await?;
+    let engine_addr = engine.local_addr().expect("bound");
+    let gates_addr = gates.local_addr().expect("bound");
+    // A port that was just free and is now closed: connections to it are refused.
+    let dead_addr = dead.local_addr().expect("bound");
+    drop(dead);
+    tokio::spawn(serve_forever(engine, demo_engine));
+    tokio::spawn(serve_forever(gates, demo_gate));
+
+    let routes = write_routes(gates_addr, dead_addr)?;
+    let listeners = Listeners::bind(listen, admin_listen)
+        .await
+        .map_err(|e| DemoError::Bind(format!("{listen} / {admin_listen}"), e))?;
+    let settings =
+        Settings::local(&format!("http://{engine_addr}"), routes).expect("the demo engine URL is valid");
+    let settings = Settings { listen, admin_listen, ..settings };
+    println!("{}", instructions(listeners.public_addr(), listeners.admin_addr()));
+    crate::run(settings, listeners, shutdown).await?;
+    Ok(())
+}
+
+/// The banner and one curl line per decision, for a server on `public`.
+pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
+    let mut out = format!(
+        "callgate demo: listening on http://{public} (admin http://{admin}); Ctrl-C stops it.\n\
+         Each command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
+    );
+    for (i, (decision, to, what)) in CASES.iter().enumerate() {
+        out.push_str(&format!(
+            "\n# {decision}: {what}\ncurl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
+             -d CallSid=CA{:032x} --data-urlencode From=+14155550100 --data-urlencode To={to}\n",
+            i + 1
+        ));
+    }
+    out.push_str(&format!(
+        "\n# metrics\ncurl -s http://{admin}/metrics | grep ^callgate_inbound_calls_total\n"
+    ));
+    out
+}
+
+fn write_routes(gates: SocketAddr, dead: SocketAddr) -> Result<PathBuf, DemoError> {
+    let dir = std::env::temp_dir().join(format!("callgate-demo-{}", std::process::id()));
+    let path = dir.join("routes.json");
+    let routes = serde_json::json!({
+        "agents": {
+            "agent_demo": { "gate": { "url": format!("http://{gates}/accept") } },
+            "agent_nogate": {}
+        },
+        "numbers": {
+            "+15005550001": { "agent_id": "agent_demo" },
+            "+15005550002": { "agent_id": "agent_demo", "gate": { "url": format!("http://{gates}/reject") } },
+            "+15005550003": { "gate": { "url": format!("http://{gates}/slow"), "timeout_ms": 1000 } },
+            "+15005550004": { "gate": { "url": format!("http://{dead}/precall") } },
+            "+15005550005": { "gate": { "url": format!("http://{dead}/precall"), "on_failure": "reject" } },
+            "+15005550009": { "agent_id": "agent_nogate" }
+        }
+    });
+    let text = serde_json::to_string_pretty(&routes).expect("a JSON value serialises");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, text))
+        .map_err(|e| DemoError::Routes(path.display().to_string(), e))?;
+    Ok(path)
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
+    TcpListener::bind(addr).await.map_err(|e| DemoError::Bind(addr.to_string(), e))
+}
+
+/// The demo voice engine: answers every request with TwiML naming callgate's decision.
+async fn demo_engine(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let decision = request
+        .headers()
+        .get("x-callgate-decision")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned();
+    let twiml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>Connected by the demo voice engine. \
+         callgate decision: {decision}.</Say></Response>\n"
+    );
+    let mut response = Response::new(Full::new(Bytes::from(twiml)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    response
+}
+
+/// The demo gates: `/accept`, `/reject`, and `/slow` (answers accept after 3 s).
+async fn demo_gate(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let body: &'static str = match request.uri().path() {
+        "/reject" => r#"{"action":"reject","reason":"demo: out of credit"}"#,
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            r#"{"action":"accept"}"#
+        }
+        _ => r#"{"action":"accept"}"#,
+    };
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn serve_forever<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let service = service_fn(move |r| {
+                let response = handler(r);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

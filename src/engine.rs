@@ -1,0 +1,245 @@
+//! Forwarding to the voice engine: header hygiene (hop-by-hop headers, `X-Forwarded-*`,
+//! `X-Callgate-*`), one pooled client, the response-head deadline, and WebSocket upgrades
+//! relayed byte for byte in both directions.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::UpstreamCause;
+use crate::settings::Upstream;
+
+/// A request body on its way to the engine: buffered (voice and signed paths) or streamed with
+/// a size cap (everything else).
+pub type EngineBody = Either<Full<Bytes>, Limited<Incoming>>;
+
+/// Largest body streamed through on paths that are not voice or signed paths.
+pub const MAX_STREAMED_BODY: usize = 10 * 1024 * 1024;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The engine could not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the voice engine")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    #[error("the voice engine did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the voice engine broke the exchange")]
+    Protocol(#[source] hyper_util::client::legacy::Error),
+    #[error("the request body is larger than {MAX_STREAMED_BODY} bytes")]
+    BodyTooLarge,
+}
+
+impl EngineError {
+    /// The metrics cause, or `None` when the fault was the client's.
+    pub fn cause(&self) -> Option<UpstreamCause> {
+        match self {
+            EngineError::Connect(_) => Some(UpstreamCause::Connect),
+            EngineError::Timeout(_) => Some(UpstreamCause::Timeout),
+            EngineError::Protocol(_) => Some(UpstreamCause::Protocol),
+            EngineError::BodyTooLarge => None,
+        }
+    }
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// The voice engine, behind one pooled client.
+pub struct Engine {
+    client: Client<HttpConnector, EngineBody>,
+    upstream: Upstream,
+    timeout: Duration,
+    /// Upgraded streams (WebSockets) in flight, for the graceful drain.
+    streams: TaskTracker,
+}
+
+impl Engine {
+    pub fn new(upstream: Upstream, timeout: Duration, streams: TaskTracker) -> Engine {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build(http);
+        Engine { client, upstream, timeout, streams }
+    }
+
+    /// Sends `request` (already cleaned by [`prepare`]) and returns the engine's response head,
+    /// with its body still streaming. A `101 Switching Protocols` is wired to the client's
+    /// upgraded connection here.
+    pub async fn forward(&self, mut request: Request<EngineBody>) -> Result<Response<Incoming>, EngineError> {
+        let client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+        let sent = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        let mut response = match sent {
+            Err(_) => return Err(EngineError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_connect() => return Err(EngineError::Connect(e)),
+            Ok(Err(e)) if is_body_limit(&e) => return Err(EngineError::BodyTooLarge),
+            Ok(Err(e)) => return Err(EngineError::Protocol(e)),
+            Ok(Ok(r)) => r,
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let engine_upgrade = hyper::upgrade::on(&mut response);
+                self.streams.spawn(relay(client_upgrade, engine_upgrade));
+            }
+        } else {
+            strip_hop_by_hop(response.headers_mut(), false);
+        }
+        Ok(response)
+    }
+
+    /// Rewrites an incoming request for the engine: the upstream's scheme, authority and prefix
+    /// with the original path and query; hop-by-hop and framing headers removed (the body sets
+    /// the framing); `X-Forwarded-*` appended or kept; every client-sent `X-Callgate-*` dropped.
+    pub fn prepare<B>(&self, request: &mut Request<B>, peer: Peer) {
+        let uri = self.upstream_uri(request.uri());
+        *request.uri_mut() = uri;
+        let upgrade = is_upgrade(request.headers());
+        let headers = request.headers_mut();
+        strip_hop_by_hop(headers, upgrade);
+        // The body we send sets the framing; a received length is never passed on as it came.
+        headers.remove(header::CONTENT_LENGTH);
+        strip_callgate_headers(headers);
+        append_forwarded(headers, peer);
+    }
+
+    fn upstream_uri(&self, original: &Uri) -> Uri {
+        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path_and_query = if self.upstream.prefix.is_empty() {
+            original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
+        } else {
+            let joined = format!("{}{}", self.upstream.prefix, pq);
+            PathAndQuery::try_from(joined).expect("a valid prefix joined to a valid path")
+        };
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .expect("scheme, authority and path are valid")
+    }
+}
+
+/// A WebSocket (or any HTTP/1.1 upgrade) request: `Connection: upgrade` plus `Upgrade`.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and `Transfer-Encoding`; with `keep_upgrade`,
+/// `Connection: upgrade` and `Upgrade` survive for the engine to answer the handshake.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Drops every `X-Callgate-*` header: only callgate may say what it decided.
+pub fn strip_callgate_headers(headers: &mut HeaderMap) {
+    let forged: Vec<HeaderName> =
+        headers.keys().filter(|n| n.as_str().starts_with("x-callgate-")).cloned().collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded(headers: &mut HeaderMap, peer: Peer) {
+    let ip = peer.addr.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
+        _ => ip,
+    };
+    // Several X-Forwarded-For lines fold into one list, ours last.
+    headers.remove(&X_FORWARDED_FOR);
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if peer.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+    }
+}
+
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Copies bytes both ways between the client's and the engine's upgraded connections until
+/// either side closes.
+async fn relay(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgrade) {
+    let (client, engine) = match tokio::try_join!(client, engine) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut engine = TokioIo::new(engine);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut engine).await {
+        tracing::debug!(error = %e, "upgraded stream ended with an error");
+    }
+}

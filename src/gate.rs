@@ -1,0 +1,294 @@
+//! The gate client: one pooled HTTP(S) client for every customer gate, one deadline over the
+//! whole exchange, a cap on requests waiting per gate, optional request signing, and the strict
+//! reading of the answer into a [`GateDecision`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use hmac::{Hmac, Mac};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Serialize;
+use sha2::Sha256;
+use tokio::sync::Semaphore;
+
+use crate::routes::Gate;
+
+/// Largest gate answer read; a longer one is `malformed`.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Pooled gate connections idle longer than this are retired, so that a gate's own keep-alive
+/// timeout (5 s in Node.js, the shortest common one) never closes a connection under a request.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Why a gate exchange did not produce an accept or a reject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The deadline passed, whatever was under way.
+    Timeout,
+    /// Refused, reset, DNS or TLS failure before an answer's head.
+    Connect,
+    /// The gate answered with a status other than 200.
+    Status,
+    /// Not a JSON object with `action` "accept" or "reject", too long, or a read error after the head.
+    Malformed,
+    /// Too many requests already waiting on this gate.
+    Overload,
+}
+
+impl FailureCause {
+    pub const ALL: [FailureCause; 5] = [
+        FailureCause::Timeout,
+        FailureCause::Connect,
+        FailureCause::Status,
+        FailureCause::Malformed,
+        FailureCause::Overload,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::Timeout => "timeout",
+            FailureCause::Connect => "connect",
+            FailureCause::Status => "status",
+            FailureCause::Malformed => "malformed",
+            FailureCause::Overload => "overload",
+        }
+    }
+}
+
+/// What the gate said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GateDecision {
+    /// `{"action":"accept"}` with status 200.
+    Accept,
+    /// `{"action":"reject"}` with status 200; `reason` if the gate gave one as a string.
+    Reject { reason: Option<String> },
+    /// Anything else.
+    Failure(FailureCause),
+}
+
+/// The call facts sent to the gate.
+#[derive(Debug, Serialize)]
+pub struct GateRequest<'a> {
+    pub event: &'static str,
+    pub from: &'a str,
+    pub to: &'a str,
+    pub call_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<&'a str>,
+}
+
+/// Signs gate requests: `t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body))`.
+pub struct Signer {
+    key: Hmac<Sha256>,
+    header: HeaderName,
+}
+
+impl Signer {
+    pub fn new(secret: &[u8], header: HeaderName) -> Signer {
+        let key = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+        Signer { key, header }
+    }
+
+    /// The header value for `body` signed at `unix_seconds`.
+    pub fn sign(&self, unix_seconds: u64, body: &[u8]) -> String {
+        let mut mac = self.key.clone();
+        let t = unix_seconds.to_string();
+        mac.update(t.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("header", &self.header).field("secret", &"***").finish()
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One client for all gates; cheap to share behind an `Arc`.
+pub struct GateClient {
+    client: HttpsClient,
+    default_timeout: Duration,
+    max_pending: usize,
+    pending: DashMap<Box<str>, Arc<Semaphore>>,
+    signer: Option<Signer>,
+}
+
+impl GateClient {
+    pub fn new(
+        tls: rustls::ClientConfig,
+        default_timeout: Duration,
+        max_pending: usize,
+        signer: Option<Signer>,
+    ) -> GateClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        GateClient { client, default_timeout, max_pending, pending: DashMap::new(), signer }
+    }
+
+    /// The deadline that applies to `gate`.
+    pub fn timeout_for(&self, gate: &Gate) -> Duration {
+        gate.timeout_ms().map_or(self.default_timeout, |ms| Duration::from_millis(u64::from(ms)))
+    }
+
+    /// Asks `gate` about a call. Never fails: every problem is a [`GateDecision::Failure`].
+    pub async fn check(&self, gate: &Gate, call: &GateRequest<'_>) -> GateDecision {
+        let Some(_permit) = self.permit(gate) else {
+            return GateDecision::Failure(FailureCause::Overload);
+        };
+        let body = Bytes::from(serde_json::to_vec(call).expect("plain strings serialise"));
+        let request = self.request(gate, body);
+        match tokio::time::timeout(self.timeout_for(gate), self.exchange(request)).await {
+            Ok(decision) => decision,
+            Err(_) => GateDecision::Failure(FailureCause::Timeout),
+        }
+    }
+
+    fn permit(&self, gate: &Gate) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = match self.pending.get(gate.url()) {
+            Some(s) => Arc::clone(&s),
+            None => self
+                .pending
+                .entry(gate.url().into())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max_pending)))
+                .value()
+                .clone(),
+        };
+        semaphore.try_acquire_owned().ok()
+    }
+
+    fn request(&self, gate: &Gate, body: Bytes) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = gate.uri().clone();
+        let headers = request.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Some(signer) = &self.signer {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            let value = HeaderValue::try_from(signer.sign(now, &body)).expect("ASCII header value");
+            headers.insert(signer.header.clone(), value);
+        }
+        *request.body_mut() = Full::new(body);
+        request
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> GateDecision {
+        let response = match self.client.request(request).await {
+            Ok(r) => r,
+            Err(_) => return GateDecision::Failure(FailureCause::Connect),
+        };
+        if response.status() != StatusCode::OK {
+            return GateDecision::Failure(FailureCause::Status);
+        }
+        let declared = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            return GateDecision::Failure(FailureCause::Malformed);
+        }
+        match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
+            Ok(body) => parse_answer(&body.to_bytes()),
+            Err(_) => GateDecision::Failure(FailureCause::Malformed),
+        }
+    }
+}
+
+/// Reads a gate's 200 answer: a JSON object whose `action` is exactly "accept" or "reject".
+pub fn parse_answer(body: &[u8]) -> GateDecision {
+    let Ok(serde_json::Value::Object(mut answer)) = serde_json::from_slice(body) else {
+        return GateDecision::Failure(FailureCause::Malformed);
+    };
+    match answer.get("action").and_then(|a| a.as_str()) {
+        Some("accept") => GateDecision::Accept,
+        Some("reject") => GateDecision::Reject {
+            reason: match answer.remove("reason") {
+                Some(serde_json::Value::String(s)) => Some(s),
+                _ => None,
+            },
+        },
+        _ => GateDecision::Failure(FailureCause::Malformed),
+    }
+}
+
+/// Times one gate exchange for metrics and logs.
+pub struct Timed<T> {
+    pub value: T,
+    pub elapsed: Duration,
+}
+
+impl GateClient {
+    /// [`GateClient::check`], timed.
+    pub async fn check_timed(&self, gate: &Gate, call: &GateRequest<'_>) -> Timed<GateDecision> {
+        let start = Instant::now();
+        let value = self.check(gate, call).await;
+        Timed { value, elapsed: start.elapsed() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_exact_actions_decide() {
+        assert_eq!(parse_answer(br#"{"action":"accept"}"#), GateDecision::Accept);
+        assert_eq!(
+            parse_answer(br#"{"action":"reject","reason":"no credit"}"#),
+            GateDecision::Reject { reason: Some("no credit".into()) }
+        );
+        assert_eq!(parse_answer(br#"{"action":"reject","reason":7}"#), GateDecision::Reject { reason: None });
+        for bad in [
+            &br#"{"action":"REJECT"}"#[..],
+            br#"{"action":"maybe"}"#,
+            br#"{"action":null}"#,
+            br#"{}"#,
+            br#"[{"action":"reject"}]"#,
+            br#""reject""#,
+            b"",
+            br#"{"action":"rej"#,
+        ] {
+            assert_eq!(
+                parse_answer(bad),
+                GateDecision::Failure(FailureCause::Malformed),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn signature_is_hmac_of_timestamp_dot_body() {
+        let signer = Signer::new(b"whsec_test", HeaderName::from_static("x-callgate-signature"));
+        let sig = signer.sign(1715900000, br#"{"event":"call.inbound"}"#);
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_test").unwrap();
+        mac.update(br#"1715900000.{"event":"call.inbound"}"#);
+        assert_eq!(sig, format!("t=1715900000,v1={}", hex::encode(mac.finalize().into_bytes())));
+        assert!(!format!("{signer:?}").contains("whsec_test"));
+    }
+}

@@ -1,0 +1,105 @@
+//! callgate: a pre-call gate for Twilio voice, run as a sidecar in front of a voice engine.
+//!
+//! Twilio's inbound-call webhook arrives here; the dialled number's gate is resolved from a
+//! hot-swappable table and asked whether the call may connect; callgate then answers Twilio
+//! with busy-tone TwiML itself, or forwards the request untouched to the voice engine.
+//!
+//! # Layout
+//!
+//! - [`settings`]: flags and environment → validated [`settings::Settings`].
+//! - [`server`]: accept loops, connection limits and timeouts, the graceful drain.
+//! - [`app`]: the state requests share and the two ways out to the engine.
+//! - [`webhook`]: the voice webhook; the only place that orders a call's phases.
+//!   [`webhook::twilio`] parses Twilio's form, [`webhook::twiml`] renders the reject.
+//! - [`gate`]: the pooled gate client and the strict reading of its answer.
+//! - [`engine`]: forwarding to the voice engine, header hygiene, WebSocket relays.
+//! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
+//! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
+//! - [`metrics`]: every metric name, its help text and typed recorders.
+//! - [`error`]: request errors and the one match that turns them into responses.
+//! - [`demo`]: `callgate demo`, a demo engine and demo gates around the real server.
+
+pub mod admin;
+pub mod app;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod gate;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod settings;
+pub mod tls;
+pub mod webhook;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::gate::GateClient;
+use crate::routes::store::RouteStore;
+use crate::routes::{RouteTable, RoutesError, ValidateOptions};
+pub use crate::server::Listeners;
+use crate::settings::Settings;
+
+/// Every response body callgate sends: its own (buffered) or the engine's (streamed).
+pub type ResBody = Either<Full<Bytes>, Incoming>;
+
+/// Why callgate could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid routes file {path}:\n{source}")]
+    Routes { path: String, source: RoutesError },
+    #[error("cannot read routes file {path}")]
+    RoutesRead { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Serves on `listeners` until `shutdown` completes, then drains and returns.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let options = ValidateOptions { allow_insecure_gates: settings.allow_insecure_gates };
+    let table = load_routes(&settings.routes, &options)?;
+    let metrics = metrics::get();
+    metrics.record_table(table.agent_count(), table.number_count());
+    metrics.record_reload(true);
+
+    let gate = GateClient::new(
+        tls::gate_client_config()?,
+        settings.gate_timeout,
+        settings.gate_max_pending as usize,
+        None,
+    );
+    let app = Arc::new(App::new(settings, RouteStore::new(table), gate, metrics));
+    tracing::info!(
+        listen = %listeners.public_addr(),
+        admin_listen = %listeners.admin_addr(),
+        upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),
+        voice_paths = ?app.settings.voice_paths,
+        "callgate serving"
+    );
+    server::serve(app, listeners, shutdown).await;
+    Ok(())
+}
+
+/// Loads the routes file at start-up: a missing file is an empty table (with a warning).
+pub fn load_routes(path: &Path, options: &ValidateOptions) -> Result<RouteTable, StartError> {
+    match std::fs::read(path) {
+        Ok(bytes) => RouteTable::parse(&bytes, options)
+            .map_err(|source| StartError::Routes { path: path.display().to_string(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), "routes file not found; starting with an empty table");
+            Ok(RouteTable::empty())
+        }
+        Err(source) => Err(StartError::RoutesRead { path: path.display().to_string(), source }),
+    }
+}

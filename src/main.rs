@@ -1,0 +1,139 @@
+//! The `callgate` binary: flags → settings, logging, the runtime, signals; then the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
+
+use callgate::settings::{CheckArgs, Cli, Command, LogFormat, Settings};
+use callgate::Listeners;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's own message runs over several lines; start-up errors are one line.
+            let rendered = e.render().to_string();
+            eprintln!("callgate: {}", rendered.lines().next().unwrap_or("invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Some(Command::Check(args)) => check(&args),
+        Some(Command::Demo(args)) => {
+            let _guard = init_logging(args.log_format);
+            runtime().block_on(async {
+                match callgate::demo::run(args.listen, args.admin_listen, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e),
+                }
+            })
+        }
+        None => {
+            let settings = match Settings::from_args(cli.serve) {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            let _guard = init_logging(settings.log_format);
+            runtime().block_on(async {
+                let listeners = match Listeners::bind(settings.listen, settings.admin_listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!(
+                            "callgate: cannot bind {} / {}: {e}",
+                            settings.listen, settings.admin_listen
+                        );
+                        return ExitCode::from(2);
+                    }
+                };
+                match callgate::run(settings, listeners, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e),
+                }
+            })
+        }
+    }
+}
+
+/// Prints a start-up error as one line and returns exit status 2.
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("callgate: {e}");
+    ExitCode::from(2)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the tokio runtime starts")
+}
+
+/// Logs on stderr through a non-blocking writer, so a slow terminal or collector never stalls
+/// a call; `RUST_LOG` filters (default `info`).
+fn init_logging(format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    guard
+}
+
+/// Completes on the first SIGTERM or SIGINT; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("callgate: second signal; exiting at once");
+        std::process::exit(1);
+    });
+}
+
+/// `callgate check`: exit 0 (warnings allowed), or 1 with one line per problem.
+fn check(args: &CheckArgs) -> ExitCode {
+    let options = callgate::routes::ValidateOptions { allow_insecure_gates: args.allow_insecure_gates };
+    let bytes = match std::fs::read(&args.routes) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("{}: cannot read: {e}", args.routes.display());
+            return ExitCode::from(1);
+        }
+    };
+    match callgate::routes::RouteTable::parse(&bytes, &options) {
+        Err(e) => {
+            for problem in &e.problems {
+                println!("{}: {problem}", args.routes.display());
+            }
+            ExitCode::from(1)
+        }
+        Ok(table) => {
+            for warning in
+                callgate::routes::timeout_warnings(&table, args.gate_timeout, args.upstream_timeout)
+            {
+                println!("{}: warning: {warning}", args.routes.display());
+            }
+            println!(
+                "{}: ok: {} agents, {} numbers",
+                args.routes.display(),
+                table.agent_count(),
+                table.number_count()
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}

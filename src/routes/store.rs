@@ -1,0 +1,29 @@
+//! The one place the table in force changes: an atomic swap of a whole, validated snapshot.
+//! Readers never wait; a request reads one snapshot for its whole life.
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+
+use super::RouteTable;
+
+/// The routing table in force.
+pub struct RouteStore {
+    current: ArcSwap<RouteTable>,
+}
+
+impl RouteStore {
+    pub fn new(table: RouteTable) -> RouteStore {
+        RouteStore { current: ArcSwap::from_pointee(table) }
+    }
+
+    /// A snapshot for a short, synchronous read. Do not hold it across an await.
+    pub fn load(&self) -> Guard<Arc<RouteTable>> {
+        self.current.load()
+    }
+
+    /// Publishes `table` whole; calls already under way keep the snapshot they took.
+    pub fn publish(&self, table: RouteTable) {
+        self.current.store(Arc::new(table));
+    }
+}

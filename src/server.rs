@@ -1,0 +1,207 @@
+//! Accept loops for the public and admin listeners, connection limits, timeouts, and the
+//! graceful drain: stop accepting, let requests and upgraded streams in flight finish within
+//! the grace period, then cut off what is left.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::engine::Peer;
+use crate::metrics::Route;
+use crate::webhook::{self, Waits};
+use crate::{admin, ResBody};
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The two bound listeners. Bind them first (port 0 in tests), then hand them to
+/// [`crate::run`].
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(public: SocketAddr, admin: SocketAddr) -> std::io::Result<Listeners> {
+        Ok(Listeners { public: TcpListener::bind(public).await?, admin: TcpListener::bind(admin).await? })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("a bound listener has an address")
+    }
+}
+
+/// Serves both listeners until `shutdown` completes, then drains.
+pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    let (stop_public, public_stopped) = watch::channel(false);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let connections = TaskTracker::new();
+    let builder = connection_builder(&app);
+
+    let public = tokio::spawn(accept_loop(
+        listeners.public,
+        public_stopped,
+        connections.clone(),
+        app.settings.max_connections as usize,
+        builder.clone(),
+        {
+            let app = Arc::clone(&app);
+            move |peer| {
+                let app = Arc::clone(&app);
+                move |request| handle_public(Arc::clone(&app), request, peer)
+            }
+        },
+    ));
+    let admin =
+        tokio::spawn(accept_loop(listeners.admin, admin_stopped, TaskTracker::new(), 1024, builder, {
+            let app = Arc::clone(&app);
+            move |_peer| {
+                let app = Arc::clone(&app);
+                move |request| admin::handle(Arc::clone(&app), request)
+            }
+        }));
+
+    app.set_ready(true);
+    shutdown.await;
+    app.set_ready(false);
+    tracing::info!(grace = ?app.settings.shutdown_grace, "shutting down: no longer accepting calls");
+    let _ = stop_public.send(true);
+    let _ = public.await;
+    connections.close();
+    app.streams.close();
+    let drained = tokio::time::timeout(app.settings.shutdown_grace, async {
+        connections.wait().await;
+        app.streams.wait().await;
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("drained; every call in flight finished"),
+        Err(_) => tracing::warn!(
+            connections = connections.len(),
+            streams = app.streams.len(),
+            "shutdown grace over; cutting off what is still in flight"
+        ),
+    }
+    let _ = stop_admin.send(true);
+    let _ = admin.await;
+}
+
+fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.settings.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder
+}
+
+/// Accepts until `stopped` turns true, serving each connection with the service `make(peer)`.
+async fn accept_loop<M, S, F>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    connections: TaskTracker,
+    max_connections: usize,
+    builder: auto::Builder<TokioExecutor>,
+    make: M,
+) where
+    M: Fn(Peer) -> S,
+    S: Fn(Request<Incoming>) -> F + Send + 'static,
+    F: Future<Output = Response<ResBody>> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(max_connections));
+    loop {
+        // At the limit, stop accepting until a connection closes (the kernel queues the rest).
+        let permit = tokio::select! {
+            permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
+            _ = stop_signal(&mut stopped) => return,
+        };
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop_signal(&mut stopped) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = make(Peer { addr, tls: false });
+        let builder = builder.clone();
+        let stopped = stopped.clone();
+        connections.spawn(async move {
+            serve_connection(TokioIo::new(stream), builder, service, stopped).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection<I, S, F>(
+    io: TokioIo<I>,
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Fn(Request<Incoming>) -> F + Send + 'static,
+    F: Future<Output = Response<ResBody>> + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let response = service(request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop_signal(&mut stopped) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Completes once `stopped` turns true (or its sender is gone).
+async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// One request on the public listener: voice paths to the webhook, the rest to the engine.
+async fn handle_public(app: Arc<App>, request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
+    let started = Instant::now();
+    let mut waits = Waits::default();
+    let (route, result) = if app.is_voice_path(request.uri().path()) {
+        (Route::Voice, webhook::handle(&app, request, peer, &mut waits).await)
+    } else {
+        (Route::Proxy, app.forward_stream(request, peer, &mut waits).await)
+    };
+    let response = result.unwrap_or_else(|e| e.into_response());
+    let elapsed = started.elapsed();
+    app.metrics.record_request(route, elapsed);
+    app.metrics.record_overhead(elapsed.saturating_sub(waits.0));
+    response
+}

@@ -1,0 +1,231 @@
+//! Process settings: the command line (clap, every flag with an environment fallback) and the
+//! validated [`Settings`] the server runs with. Everything is checked once, at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::uri::{Authority, Scheme};
+
+/// `callgate`: a pre-call gate for Twilio voice webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "callgate", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a routes file: exit 0, or 1 with one line per problem.
+    Check(CheckArgs),
+    /// Serve the real thing on loopback with a demo voice engine and demo gates.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Routes file to validate.
+    #[arg(long, env = "CALLGATE_ROUTES", default_value = "routes.json")]
+    pub routes: PathBuf,
+    /// Accept http:// gate URLs.
+    #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES")]
+    pub allow_insecure_gates: bool,
+    /// Gate timeout for gates without their own timeout_ms.
+    #[arg(long, env = "CALLGATE_GATE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub gate_timeout: Duration,
+    /// Engine timeout, added to each gate's timeout for the 15 s warning.
+    #[arg(long, env = "CALLGATE_UPSTREAM_TIMEOUT", default_value = "9s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Twilio-facing listener.
+    #[arg(long, env = "CALLGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener.
+    #[arg(long, env = "CALLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Log line format.
+    #[arg(long, env = "CALLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The flags of `callgate` itself (serving). See SPEC §2.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Twilio-facing listener.
+    #[arg(long, env = "CALLGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin API, metrics and probes.
+    #[arg(long, env = "CALLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Voice engine: scheme://host[:port][/prefix].
+    #[arg(long, env = "CALLGATE_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Routing table file, hot-reloaded.
+    #[arg(long, env = "CALLGATE_ROUTES", default_value = "routes.json")]
+    pub routes: PathBuf,
+    /// Paths whose inbound-call webhooks are gated.
+    #[arg(
+        long = "voice-path",
+        env = "CALLGATE_VOICE_PATHS",
+        value_delimiter = ',',
+        default_value = "/twilio/voice"
+    )]
+    pub voice_paths: Vec<String>,
+    /// Whole gate exchange: connect, TLS, request, response.
+    #[arg(long, env = "CALLGATE_GATE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub gate_timeout: Duration,
+    /// Until the engine's response head.
+    #[arg(long, env = "CALLGATE_UPSTREAM_TIMEOUT", default_value = "9s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Requests that may wait on one gate at once; beyond it a call fails open with `overload`.
+    #[arg(long, env = "CALLGATE_GATE_MAX_PENDING", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gate_max_pending: u32,
+    /// Accept http:// gate URLs (local gates, tests).
+    #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES")]
+    pub allow_insecure_gates: bool,
+    /// To receive a request head (and a TLS handshake).
+    #[arg(long, env = "CALLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Keep-alive connections idle longer are closed.
+    #[arg(long, env = "CALLGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Open client connections; beyond it, accepting pauses.
+    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Log line format on stderr; RUST_LOG filters.
+    #[arg(long, env = "CALLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Drain time after SIGTERM.
+    #[arg(long, env = "CALLGATE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 5s or 500ms)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// Where the voice engine lives: requests go to `scheme://authority` + `prefix` + path and query.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix without a trailing slash ("" for none).
+    pub prefix: String,
+}
+
+impl Upstream {
+    pub fn parse(s: &str) -> Result<Upstream, SettingsError> {
+        let bad = |why: &str| SettingsError::Upstream(format!("{s:?}: {why}"));
+        let uri: http::Uri = s.parse().map_err(|_| bad("not a URL"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| bad("needs http://"))?;
+        if scheme != Scheme::HTTP {
+            return Err(bad("only http:// engines are supported (the engine is a local sidecar)"));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| bad("needs a host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("user info is not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query is not allowed; give scheme://host[:port][/prefix]"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream { scheme, authority, prefix })
+    }
+}
+
+/// Validated settings for serving.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub upstream: Upstream,
+    pub routes: PathBuf,
+    pub voice_paths: Vec<String>,
+    pub gate_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub gate_max_pending: u32,
+    pub allow_insecure_gates: bool,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("--upstream (CALLGATE_UPSTREAM) is required to serve, e.g. --upstream http://127.0.0.1:3000")]
+    MissingUpstream,
+    #[error("invalid --upstream {0}")]
+    Upstream(String),
+    #[error("invalid --voice-path {0:?}: a path starts with / and has no query")]
+    VoicePath(String),
+}
+
+impl Settings {
+    pub fn from_args(args: ServeArgs) -> Result<Settings, SettingsError> {
+        let upstream = args.upstream.as_deref().ok_or(SettingsError::MissingUpstream)?;
+        let upstream = Upstream::parse(upstream)?;
+        for p in &args.voice_paths {
+            if !p.starts_with('/') || p.contains('?') || p.contains('#') {
+                return Err(SettingsError::VoicePath(p.clone()));
+            }
+        }
+        Ok(Settings {
+            listen: args.listen,
+            admin_listen: args.admin_listen,
+            upstream,
+            routes: args.routes,
+            voice_paths: args.voice_paths,
+            gate_timeout: args.gate_timeout,
+            upstream_timeout: args.upstream_timeout,
+            gate_max_pending: args.gate_max_pending,
+            allow_insecure_gates: args.allow_insecure_gates,
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            log_format: args.log_format,
+            shutdown_grace: args.shutdown_grace,
+        })
+    }
+
+    /// Settings for tests and the demo: everything at its default, on loopback port 0.
+    pub fn local(upstream: &str, routes: PathBuf) -> Result<Settings, SettingsError> {
+        let args = ServeArgs::parse_from_defaults();
+        let mut s = Settings::from_args(ServeArgs { upstream: Some(upstream.to_owned()), routes, ..args })?;
+        s.listen = ([127, 0, 0, 1], 0).into();
+        s.admin_listen = ([127, 0, 0, 1], 0).into();
+        s.allow_insecure_gates = true;
+        Ok(s)
+    }
+}
+
+impl ServeArgs {
+    /// Every flag at its documented default, ignoring the environment.
+    fn parse_from_defaults() -> ServeArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Only::parse_from(["callgate"]).serve
+    }
+}

@@ -1,0 +1,189 @@
+//! The voice webhook. This is the only place that orders the phases of a voice request:
+//! read the body (413) → parse the form (400) → gate only inbound ringing calls (400 without
+//! `To`) → resolve one gate from one routes snapshot → ask it → reject with TwiML, or forward.
+
+pub mod twilio;
+pub mod twiml;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::engine::Peer;
+use crate::error::RequestError;
+use crate::gate::{GateDecision, GateRequest};
+use crate::metrics::{Decision, GateResult};
+use crate::routes::{Gate, OnFailure, Source};
+use crate::App;
+use crate::ResBody;
+use twilio::{parse_form, CallParams};
+
+/// Largest body accepted on a voice or signed path.
+pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
+
+const X_CALLGATE_DECISION: HeaderName = HeaderName::from_static("x-callgate-decision");
+const X_CALLGATE_AGENT_ID: HeaderName = HeaderName::from_static("x-callgate-agent-id");
+
+/// The time a request spent waiting on others (gate, engine), to be taken out of the overhead.
+#[derive(Default)]
+pub struct Waits(pub Duration);
+
+/// Handles one request to a voice path.
+pub async fn handle(
+    app: &App,
+    request: Request<Incoming>,
+    peer: Peer,
+    waits: &mut Waits,
+) -> Result<Response<ResBody>, RequestError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body).await?;
+    // The query lives in the URI; keep our own handle on it so `parts` can move on.
+    let uri = parts.uri.clone();
+    let form: &[u8] = if parts.method == Method::GET {
+        uri.query().unwrap_or("").as_bytes()
+    } else if is_form(&parts.headers) {
+        &body
+    } else {
+        b""
+    };
+    let params = parse_form(form)?;
+    let call = CallParams::from_params(&params);
+    if !call.is_inbound_ringing() {
+        let request = Request::from_parts(parts, Either::Left(Full::new(body.clone())));
+        return app.forward_voice(request, peer, "not_gated", None, waits).await;
+    }
+    let to = call.to.ok_or(RequestError::MissingTo)?;
+
+    let (gate, source, agent_id) = resolve(app, to);
+    let outcome = match &gate {
+        None => Outcome { decision: Decision::NoGate, cause: None, reason: None, gate_time: None },
+        Some(gate) => ask(app, gate, &call, to, agent_id.as_deref(), waits).await,
+    };
+    log_decision(&call, to, agent_id.as_deref(), source, gate.as_deref(), &outcome);
+    app.metrics.record_decision(outcome.decision);
+
+    match outcome.decision {
+        Decision::Reject | Decision::FailClosed => Ok(reject_response()),
+        Decision::Accept | Decision::FailOpen | Decision::NoGate => {
+            let request = Request::from_parts(parts, Either::Left(Full::new(body.clone())));
+            let label = outcome.decision.as_str();
+            app.forward_voice(request, peer, label, agent_id.as_deref(), waits).await
+        }
+    }
+}
+
+/// Resolves `to` in one snapshot of the table, taking out only what the call needs so that no
+/// snapshot is held across the gate's wait.
+fn resolve(app: &App, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>) {
+    let table = app.routes.load();
+    let resolution = table.resolve(to);
+    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned())
+}
+
+struct Outcome {
+    decision: Decision,
+    cause: Option<&'static str>,
+    reason: Option<String>,
+    gate_time: Option<Duration>,
+}
+
+async fn ask(
+    app: &App,
+    gate: &Gate,
+    call: &CallParams<'_>,
+    to: &str,
+    agent_id: Option<&str>,
+    waits: &mut Waits,
+) -> Outcome {
+    let request = GateRequest {
+        event: "call.inbound",
+        from: call.from.unwrap_or(""),
+        to,
+        call_id: call.call_sid.unwrap_or(""),
+        agent_id,
+    };
+    let answer = app.gate.check_timed(gate, &request).await;
+    waits.0 += answer.elapsed;
+    let (decision, result, cause, reason) = match answer.value {
+        GateDecision::Accept => (Decision::Accept, GateResult::Accept, None, None),
+        GateDecision::Reject { reason } => (Decision::Reject, GateResult::Reject, None, reason),
+        GateDecision::Failure(cause) => {
+            app.metrics.record_gate_failure(cause);
+            let decision = match gate.on_failure() {
+                OnFailure::Accept => Decision::FailOpen,
+                OnFailure::Reject => Decision::FailClosed,
+            };
+            (decision, GateResult::Failure, Some(cause.as_str()), None)
+        }
+    };
+    app.metrics.record_gate(result, answer.elapsed);
+    Outcome { decision, cause, reason, gate_time: Some(answer.elapsed) }
+}
+
+/// The one log line per decided call (SPEC §9). The gate is named by its display form only.
+fn log_decision(
+    call: &CallParams<'_>,
+    to: &str,
+    agent_id: Option<&str>,
+    source: Source,
+    gate: Option<&Gate>,
+    outcome: &Outcome,
+) {
+    tracing::info!(
+        target: "callgate::call",
+        call_id = call.call_sid.unwrap_or(""),
+        to,
+        agent_id = agent_id.unwrap_or(""),
+        source = source.as_str(),
+        decision = outcome.decision.as_str(),
+        cause = outcome.cause.unwrap_or(""),
+        reason = outcome.reason.as_deref().unwrap_or(""),
+        gate_ms = outcome.gate_time.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        gate = gate.map_or("", Gate::display),
+        "call decided"
+    );
+}
+
+/// Busy-tone TwiML: the caller hears busy and the call is never answered.
+pub fn reject_response() -> Response<ResBody> {
+    let mut response = Response::new(Either::Left(Full::new(twiml::reject_busy())));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    response
+}
+
+/// Reads a webhook body of at most [`MAX_WEBHOOK_BODY`] bytes; a declared length over it is
+/// refused before reading anything.
+pub async fn read_body(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, RequestError> {
+    let declared =
+        headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY as u64) {
+        return Err(RequestError::BodyTooLarge(MAX_WEBHOOK_BODY));
+    }
+    match Limited::new(body, MAX_WEBHOOK_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => match e.downcast::<hyper::Error>() {
+            Ok(e) => Err(RequestError::BodyRead(*e)),
+            Err(_) => Err(RequestError::BodyTooLarge(MAX_WEBHOOK_BODY)),
+        },
+    }
+}
+
+fn is_form(headers: &http::HeaderMap) -> bool {
+    // Twilio always sends a form; a body without a content type is read as one too.
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_none_or(|v| {
+        v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
+}
+
+/// Sets callgate's own headers on a voice request bound for the engine.
+pub fn set_decision_headers(headers: &mut http::HeaderMap, decision: &'static str, agent_id: Option<&str>) {
+    headers.insert(X_CALLGATE_DECISION, HeaderValue::from_static(decision));
+    if let Some(v) = agent_id.and_then(|a| HeaderValue::try_from(a).ok()) {
+        headers.insert(X_CALLGATE_AGENT_ID, v);
+    }
+}

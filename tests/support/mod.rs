@@ -1,0 +1,296 @@
+//! Test support: the real callgate on 127.0.0.1:0, recording stub gates and engines on real
+//! sockets, and a small HTTP client. Nothing here mocks the network.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use callgate::settings::Settings;
+use callgate::Listeners;
+
+/// A request as a stub server saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What a stub answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(body: &str) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            headers: vec![("content-type", "application/json".into())],
+            body: Bytes::from(body.to_owned()),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn status(mut self, status: u16) -> Reply {
+        self.status = StatusCode::from_u16(status).unwrap();
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Reply {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A recording HTTP server on 127.0.0.1:0 that answers every request with one [`Reply`].
+pub struct Stub {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Stub {
+    pub async fn start(reply: Reply) -> Stub {
+        Stub::start_with(move |_| reply.clone()).await
+    }
+
+    /// A stub whose reply depends on the request.
+    pub async fn start_with(reply: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Stub {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reply = Arc::new(reply);
+        let task = {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let seen = Arc::clone(&seen);
+                    let reply = Arc::clone(&reply);
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request: Request<Incoming>| {
+                            let seen = Arc::clone(&seen);
+                            let reply = Arc::clone(&reply);
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                let request = Seen {
+                                    method: parts.method,
+                                    uri: parts.uri.to_string(),
+                                    headers: parts.headers,
+                                    body,
+                                };
+                                let r = reply(&request);
+                                seen.lock().unwrap().push(request);
+                                tokio::time::sleep(r.delay).await;
+                                let mut response = Response::new(Full::new(r.body));
+                                *response.status_mut() = r.status;
+                                for (name, value) in r.headers {
+                                    response.headers_mut().append(name, value.parse().unwrap());
+                                }
+                                Ok::<_, Infallible>(response)
+                            }
+                        });
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        };
+        Stub { addr, seen, task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback address where nothing listens: connections are refused.
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The real callgate, served in this process by `callgate::run` on 127.0.0.1:0.
+pub struct Callgate {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub routes: PathBuf,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), callgate::StartError>>>,
+}
+
+impl Callgate {
+    /// callgate with `routes` (a routes-file JSON text) in front of the engine at `upstream`.
+    pub async fn spawn(routes: &str, upstream: &str) -> Callgate {
+        Callgate::spawn_with(routes, upstream, |_| {}).await
+    }
+
+    /// As [`Callgate::spawn`], with the settings adjusted by `tweak` first.
+    pub async fn spawn_with(routes: &str, upstream: &str, tweak: impl FnOnce(&mut Settings)) -> Callgate {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        std::fs::write(&path, routes).unwrap();
+        let mut settings = Settings::local(upstream, path.clone()).unwrap();
+        tweak(&mut settings);
+        let listeners = Listeners::bind(settings.listen, settings.admin_listen).await.unwrap();
+        let (addr, admin) = (listeners.public_addr(), listeners.admin_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(callgate::run(settings, listeners, async {
+            let _ = stopped.await;
+        }));
+        let gate = Callgate { addr, admin, routes: path, dir, stop: Some(stop), task: Some(task) };
+        gate.wait_ready().await;
+        gate
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = get(&format!("http://{}/readyz", self.admin)).await {
+                if r.status == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "callgate never became ready");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server and waits for its drain to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Callgate {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends `request` and reads the whole answer.
+pub async fn send(request: Request<Full<Bytes>>) -> Result<Answer, hyper_util::client::legacy::Error> {
+    let response = client().request(request).await?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Ok(Answer { status: parts.status, headers: parts.headers, body })
+}
+
+pub async fn get(url: &str) -> Result<Answer, hyper_util::client::legacy::Error> {
+    send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// POSTs a form body, as Twilio does.
+pub async fn post_form(url: &str, body: &str) -> Answer {
+    let request = Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    send(request).await.unwrap()
+}
+
+/// A Twilio inbound ringing-call form body to `to`.
+pub fn ringing(to: &str) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    s.append_pair("AccountSid", "AC00000000000000000000000000000000");
+    s.append_pair("CallSid", "CA11111111111111111111111111111111");
+    s.append_pair("From", "+14155550100");
+    s.append_pair("To", to);
+    s.append_pair("Direction", "inbound");
+    s.append_pair("CallStatus", "ringing");
+    s.append_pair("ApiVersion", "2010-04-01");
+    s.finish()
+}
+
+/// Waits for `check` to hold, polling, up to `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub const GOLDEN_REJECT: &[u8] = include_bytes!("../../fixtures/twiml/reject-busy.xml");
+
+/// One routes file with one gate on number `to`.
+pub fn number_gate(to: &str, url: &str) -> String {
+    serde_json::json!({ "numbers": { to: { "gate": { "url": url } } } }).to_string()
+}

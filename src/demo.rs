@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,7 +67,11 @@ pub async fn run(
     let settings =
         Settings::local(&format!("http://{engine_addr}"), routes).expect("the demo engine URL is valid");
     let settings = Settings { listen, admin_listen, ..settings };
-    println!("{}", instructions(listeners.public_addr(), listeners.admin_addr()));
+    // A demo whose stdout has gone away (a closed pipe) keeps serving.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", instructions(listeners.public_addr(), listeners.admin_addr()));
+    let _ = stdout.flush();
+    drop(stdout);
     crate::run(settings, listeners, shutdown).await?;
     Ok(())
 }

@@ -174,11 +174,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         header::TE,
         header::TRAILER,
         header::TRANSFER_ENCODING,
-        header::UPGRADE,
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
     ] {
         headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -311,8 +311,8 @@ async fn bad_input_gets_a_clear_answer_and_reaches_nobody() {
 #[tokio::test]
 async fn a_chunked_body_over_64_kib_is_refused() {
     let (cg, gate, engine) = with_gate(Reply::json(r#"{"action":"accept"}"#)).await;
-    let mut request = raw_post_chunked(&ringing(TO), 70 * 1024);
-    let answer = raw_exchange(cg.addr, &mut request).await;
+    let request = raw_post_chunked(&ringing(TO), 70 * 1024);
+    let answer = raw_exchange(cg.addr, &request).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_eq!(gate.count() + engine.count(), 0);
 }
@@ -330,7 +330,7 @@ fn raw_post_chunked(form: &str, pad: usize) -> Vec<u8> {
 }
 
 /// Writes raw bytes and reads until the server closes or goes quiet for a second.
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &mut Vec<u8>) -> String {
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     // The server may answer and close before reading everything; a write error is fine.
@@ -350,13 +350,13 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &mut Vec<u8>) -> String
 async fn two_different_content_lengths_are_refused() {
     let (cg, gate, engine) = with_gate(Reply::json(r#"{"action":"accept"}"#)).await;
     let body = ringing(TO);
-    let mut raw = format!(
+    let raw = format!(
         "POST /twilio/voice HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len(),
         body.len() + 1
     )
     .into_bytes();
-    let answer = raw_exchange(cg.addr, &mut raw).await;
+    let answer = raw_exchange(cg.addr, &raw).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(gate.count() + engine.count(), 0);
 }
@@ -368,12 +368,12 @@ async fn content_length_with_transfer_encoding_is_read_as_chunked_and_the_connec
     // A smuggling attempt: the length covers a second request hidden after the chunked body.
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
-    let mut raw = format!(
+    let raw = format!(
         "POST /twilio/voice HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}",
         chunked.len() + smuggled.len()
     )
     .into_bytes();
-    let answer = raw_exchange(cg.addr, &mut raw).await;
+    let answer = raw_exchange(cg.addr, &raw).await;
     let responses = answer.matches("HTTP/1.1 ").count();
     assert!(responses <= 1, "nothing after the chunked body is read as a request: {answer}");
     let seen = engine.seen();
@@ -449,4 +449,28 @@ async fn other_paths_pass_through_with_their_bodies() {
     assert_eq!(seen[0].uri, "/twilio/status");
     assert_eq!(&seen[0].body[..], body.as_bytes());
     assert!(seen[0].headers.get("x-callgate-decision").is_none());
+}
+
+fn twilio_fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/fixtures/twilio/{name}.form", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[tokio::test]
+async fn realistic_twilio_requests_are_decided_as_twilio_means_them() {
+    let engine = Stub::start(twiml_engine()).await;
+    let gate = Stub::start(Reply::json(r#"{"action":"accept"}"#)).await;
+    let cg = Callgate::spawn(&number_gate("+447700900123", &gate.url("/p")), &engine.url("")).await;
+    for name in ["inbound-ringing", "inbound-in-progress-redirect", "outbound-api", "inbound-ringing-sip"] {
+        let answer = post_form(&cg.url("/twilio/voice"), &twilio_fixture(name)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{name}");
+    }
+    post_form(&cg.url("/twilio/status"), &twilio_fixture("status-callback")).await;
+    let seen = engine.seen();
+    let labels: Vec<_> =
+        seen.iter().map(|s| s.headers.get("x-callgate-decision").map(|v| v.to_str().unwrap())).collect();
+    assert_eq!(labels, [Some("accept"), Some("not_gated"), Some("not_gated"), Some("no_gate"), None]);
+    assert_eq!(gate.count(), 1, "only the ringing inbound call to a gated number asks the gate");
+    let asked: serde_json::Value = serde_json::from_slice(&gate.seen()[0].body).unwrap();
+    assert_eq!(asked["from"], "+447386172392");
+    assert_eq!(asked["call_id"], "CA5a1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e");
 }

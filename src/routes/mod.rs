@@ -97,7 +97,8 @@ impl Gate {
         &self.url
     }
 
-    /// The URL parsed for sending (normalised, without fragment; userinfo kept if configured).
+    /// The URL parsed for sending: normalised, without fragment, userinfo kept if configured.
+    /// Its `Debug` and `Display` print the query and userinfo: never log it.
     pub fn uri(&self) -> &http::Uri {
         &self.uri
     }
@@ -261,8 +262,8 @@ impl fmt::Display for RoutesError {
 impl std::error::Error for RoutesError {}
 
 const NOT_E164: &str = "not an E.164 number (+ then 2 to 15 digits)";
-const NOT_AGENT_ID: &str =
-    "not a valid agent id (1 to 128 printable ASCII characters, no spaces, /, ?, # or %)";
+const NOT_AGENT_ID: &str = "not a valid agent id (1 to 128 printable ASCII characters \
+    without spaces, /, ?, # or %; not \".\" or \"..\")";
 
 /// `+` then 2 to 15 ASCII digits, nothing else.
 pub fn is_e164(s: &str) -> bool {

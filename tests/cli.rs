@@ -1,0 +1,197 @@
+//! The real binary: `check`, start-up refusals (exit 2), and the demo answering every line it
+//! prints.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_callgate");
+
+fn fixture(name: &str) -> String {
+    format!("{}/fixtures/routes/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn check(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).arg("check").args(args).env_clear().output().unwrap();
+    (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn check_accepts_the_example() {
+    let (code, out) = check(&["--routes", &fixture("example.json")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok: 1 agents"), "{out}");
+}
+
+#[test]
+fn check_reports_a_duplicate_key_and_an_empty_file() {
+    let (code, out) = check(&["--routes", &fixture("invalid-duplicate-key.json")]);
+    assert_eq!(code, 1);
+    assert!(out.contains("duplicate"), "{out}");
+    let (code, out) = check(&["--routes", &fixture("invalid-empty.json")]);
+    assert_eq!(code, 1);
+    assert!(out.contains("empty"), "{out}");
+}
+
+#[test]
+fn check_reports_every_problem_on_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    std::fs::write(
+        &path,
+        r#"{"numbers": {"+4": {"agent_id": "a"}, "+15005550006": {"gate": {"url": "http://x.example/p", "timeout_ms": 5}}}}"#,
+    )
+    .unwrap();
+    let (code, out) = check(&["--routes", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.lines().count() >= 3, "one line per problem: {out}");
+    assert!(out.contains("\"+4\""), "{out}");
+    assert!(out.contains("timeout_ms"), "{out}");
+    assert!(out.contains("https"), "{out}");
+
+    let (code, out) = check(&["--routes", path.to_str().unwrap(), "--allow-insecure-gates"]);
+    assert_eq!(code, 1, "the http gate is fine now, but the rest is not: {out}");
+    assert!(!out.contains("https"), "{out}");
+}
+
+#[test]
+fn check_warns_when_a_gate_and_the_engine_reach_twilios_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    std::fs::write(
+        &path,
+        r#"{"numbers": {"+15005550006": {"gate": {"url": "https://x.example/p", "timeout_ms": 8000}}}}"#,
+    )
+    .unwrap();
+    let (code, out) = check(&["--routes", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("warning") && out.contains("15 s"), "{out}");
+}
+
+fn serve(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .env_clear()
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn start_up_refuses_an_invalid_routes_file_with_one_line_and_status_2() {
+    let out =
+        serve(&["--upstream", "http://127.0.0.1:1", "--routes", &fixture("invalid-duplicate-key.json")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = err.lines().filter(|l| l.starts_with("callgate:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("duplicate"), "{err}");
+}
+
+#[test]
+fn start_up_refuses_bad_flags_with_one_line_and_status_2() {
+    for args in [
+        &["--routes", "x.json"][..],
+        &["--upstream", "ftp://engine"],
+        &["--upstream", "http://e", "--gate-timeout", "soon"],
+        &["--upstream", "http://e", "--no-such-flag"],
+        &["--upstream", "http://e", "--log-format", "xml"],
+    ] {
+        let out = serve(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+/// One curl line of the demo, as a request: URL and form pairs.
+fn parse_curl(line: &str) -> (String, String) {
+    let mut words = line.split_whitespace().skip(1);
+    let mut url = String::new();
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    while let Some(word) = words.next() {
+        match word {
+            "-s" => {}
+            "-d" | "--data-urlencode" => {
+                let pair = words.next().unwrap();
+                let (name, value) = pair.split_once('=').unwrap();
+                if word == "-d" {
+                    let value: String =
+                        form_urlencoded::parse(format!("v={value}").as_bytes()).next().unwrap().1.into();
+                    form.append_pair(name, &value);
+                } else {
+                    form.append_pair(name, value);
+                }
+            }
+            w if w.starts_with("http") => url = w.to_owned(),
+            other => panic!("unexpected curl word {other}"),
+        }
+    }
+    (url, form.finish())
+}
+
+#[tokio::test]
+async fn the_demo_answers_every_line_it_prints() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env_clear()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 0 {
+            let done = line.starts_with("curl -s http") && line.contains("/metrics");
+            lines.push(std::mem::take(&mut line));
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+
+    let mut expected = None;
+    let mut decided = Vec::new();
+    for line in &lines {
+        if let Some(comment) = line.strip_prefix("# ") {
+            expected = comment.split(':').next().map(str::to_owned);
+        } else if line.starts_with("curl") && line.contains("/twilio/voice") {
+            let (url, form) = parse_curl(line);
+            let answer =
+                tokio::time::timeout(Duration::from_secs(10), async { post_form(&url, &form).await })
+                    .await
+                    .expect("the demo answers within its gate timeouts");
+            assert_eq!(answer.status, 200, "{line}");
+            let expected = expected.clone().unwrap();
+            match expected.as_str() {
+                "reject" | "fail_closed" => {
+                    assert_eq!(&answer.body[..], GOLDEN_REJECT.trim_ascii_end(), "{line}")
+                }
+                decision => assert!(
+                    answer.text().contains(&format!("callgate decision: {decision}.")),
+                    "{line}: {}",
+                    answer.text()
+                ),
+            }
+            decided.push(expected);
+        }
+    }
+    assert_eq!(decided, ["accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+
+    let metrics_line = lines.iter().find(|l| l.contains("/metrics")).unwrap();
+    let metrics_url = metrics_line.split_whitespace().find(|w| w.starts_with("http")).unwrap();
+    let metrics = get(metrics_url).await.unwrap().text();
+    assert!(metrics.contains("callgate_inbound_calls_total{decision=\"fail_open\"} 2"), "{metrics}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,33 +1,306 @@
-//! The admin listener: probes (`/healthz`, `/readyz`), `/metrics`, and the admin API.
+//! The admin listener: probes (`/healthz`, `/readyz`), `/metrics`, and the admin API of SPEC §6.
+//! Writes go only through the routes writer; every answer is JSON, errors as
+//! `{"error":{"code":"...","message":"..."}}`.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 
 use crate::app::App;
+use crate::routes::writer::{Edit, WriteError};
+use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec};
+use crate::settings::ApiKey;
 use crate::ResBody;
+
+/// Largest admin request body.
+pub const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// An admin API failure: its status, code and message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError { status, code, message: message.into() }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        let code = match e {
+            WriteError::ReadOnly(_) => "read_only",
+            WriteError::Unsaved(_) | WriteError::Stopped => "unsaved",
+        };
+        api_error(StatusCode::SERVICE_UNAVAILABLE, code, format!("{e}; nothing changed"))
+    }
+}
 
 /// One request on the admin listener.
 pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<ResBody> {
     let path = request.uri().path();
-    let get = request.method() == Method::GET || request.method() == Method::HEAD;
     match path {
-        "/healthz" | "/readyz" | "/metrics" if !get => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+        "/healthz" | "/readyz" | "/metrics" => return probe(&app, path, request.method()),
+        _ => {}
+    }
+    let write = matches!(*request.method(), Method::PUT | Method::DELETE);
+    let result = api(&app, request).await;
+    if write {
+        match &result {
+            Ok(_) => {}
+            // Refused before reaching the writer: count it here (the writer counts its own).
+            Err(e) if e.status != StatusCode::SERVICE_UNAVAILABLE && e.status != StatusCode::UNAUTHORIZED => {
+                app.metrics.record_admin_write(false)
+            }
+            Err(_) => {}
         }
-        "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
-        "/readyz" if app.is_ready() => text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n".into()),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "not ready\n".into()),
-        "/metrics" => {
-            text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render().into())
-        }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    }
+    match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(e) => error(e.status, e.code, &e.message),
     }
 }
+
+fn probe(app: &App, path: &str, method: &Method) -> Response<ResBody> {
+    if method != Method::GET && method != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
+    }
+    let plain = "text/plain; charset=utf-8";
+    match path {
+        "/healthz" => text(StatusCode::OK, plain, "ok\n".into()),
+        "/readyz" if app.is_ready() => text(StatusCode::OK, plain, "ready\n".into()),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, plain, "not ready\n".into()),
+        _ => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", app.metrics.render().into()),
+    }
+}
+
+/// The routes of the admin API, after authentication (401 comes before 404).
+async fn api(app: &App, request: Request<Incoming>) -> Result<Value, ApiError> {
+    authenticate(&app.settings.api_keys, request.headers())?;
+    let (parts, body) = request.into_parts();
+    let segments: Vec<&str> = parts.uri.path().trim_start_matches('/').split('/').collect();
+    let method = &parts.method;
+    match segments.as_slice() {
+        ["v1", "integrations", "precall", "agent", id] => {
+            let id = agent_id(id)?;
+            match *method {
+                Method::PUT => {
+                    let gate = read_gate(app, &parts.headers, body).await?;
+                    let answer = gate_answer("agent_id", &id, Some(&gate));
+                    app.writer.edit(Edit::AgentGate { agent_id: id, gate: Some(gate) }).await?;
+                    Ok(answer)
+                }
+                Method::GET => {
+                    let table = app.routes.load();
+                    Ok(gate_answer("agent_id", &id, table.agent_gate(&id).map(|g| &**g)))
+                }
+                Method::DELETE => {
+                    let deleted =
+                        app.writer.edit(Edit::AgentGate { agent_id: id.clone(), gate: None }).await?;
+                    Ok(json!({ "ok": true, "deleted": deleted, "agent_id": id }))
+                }
+                _ => Err(not_allowed()),
+            }
+        }
+        ["v1", "integrations", "precall", "number", number] => {
+            let number = phone_number(number)?;
+            match *method {
+                Method::PUT => {
+                    let gate = read_gate(app, &parts.headers, body).await?;
+                    let answer = gate_answer("phone_number", &number, Some(&gate));
+                    app.writer.edit(Edit::NumberGate { number, gate: Some(gate) }).await?;
+                    Ok(answer)
+                }
+                Method::GET => {
+                    let table = app.routes.load();
+                    Ok(gate_answer("phone_number", &number, table.number_gate(&number).map(|g| &**g)))
+                }
+                Method::DELETE => {
+                    let deleted =
+                        app.writer.edit(Edit::NumberGate { number: number.clone(), gate: None }).await?;
+                    Ok(json!({ "ok": true, "deleted": deleted, "phone_number": number }))
+                }
+                _ => Err(not_allowed()),
+            }
+        }
+        ["v1", "numbers", number] => {
+            let number = phone_number(number)?;
+            match *method {
+                Method::PUT => {
+                    let agent = read_assignment(&parts.headers, body).await?;
+                    app.writer
+                        .edit(Edit::NumberAgent { number: number.clone(), agent_id: Some(agent.clone()) })
+                        .await?;
+                    Ok(json!({ "phone_number": number, "agent_id": agent }))
+                }
+                Method::GET => {
+                    let table = app.routes.load();
+                    Ok(
+                        json!({ "phone_number": number, "agent_id": table.number_agent(&number).map(|a| &**a) }),
+                    )
+                }
+                Method::DELETE => {
+                    let deleted =
+                        app.writer.edit(Edit::NumberAgent { number: number.clone(), agent_id: None }).await?;
+                    Ok(json!({ "ok": true, "deleted": deleted, "phone_number": number }))
+                }
+                _ => Err(not_allowed()),
+            }
+        }
+        ["v1", "routes"] => match *method {
+            Method::GET => Ok(app.routes.load().to_json()),
+            _ => Err(not_allowed()),
+        },
+        _ => Err(api_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
+    }
+}
+
+/// `Authorization: Bearer KEY_ID:KEY_SECRET` against the configured keys. The id picks the key;
+/// the secret is compared in constant time. With no keys configured, every call is refused.
+fn authenticate(keys: &[ApiKey], headers: &HeaderMap) -> Result<(), ApiError> {
+    let refused = || {
+        api_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer KEY_ID:KEY_SECRET (the full key: id, a colon, then the secret)",
+        )
+    };
+    let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(refused)?;
+    let (scheme, credentials) = value.split_once(' ').ok_or_else(refused)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(refused());
+    }
+    let (id, secret) = credentials.trim().split_once(':').ok_or_else(refused)?;
+    let key = keys.iter().find(|k| k.id == id).ok_or_else(refused)?;
+    if bool::from(key.secret().as_bytes().ct_eq(secret.as_bytes())) {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
+fn not_allowed() -> ApiError {
+    api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint takes PUT, GET or DELETE")
+}
+
+/// A `{phone_number}` path segment, `+` or `%2B`, as E.164.
+fn phone_number(segment: &str) -> Result<String, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().ok();
+    match decoded {
+        Some(n) if is_e164(&n) => Ok(n.into_owned()),
+        _ => Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_phone_number",
+            "a phone number is E.164: + then 2 to 15 digits (write + or %2B)",
+        )),
+    }
+}
+
+fn agent_id(segment: &str) -> Result<String, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().ok();
+    match decoded {
+        Some(id) if validate_agent_id(&id) => Ok(id.into_owned()),
+        _ => Err(api_error(StatusCode::BAD_REQUEST, "invalid_field", "invalid agent_id")),
+    }
+}
+
+/// Reads a JSON PUT body: 415 unless `application/json`, 413 over 64 KiB, 400 if not JSON.
+async fn read_json(headers: &HeaderMap, body: Incoming) -> Result<Value, ApiError> {
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(api_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ));
+    }
+    let too_large =
+        || api_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is over 64 KiB");
+    let declared =
+        headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(_) => return Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", "could not read the body")),
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))
+}
+
+/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?}`, validated.
+async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gate, ApiError> {
+    let value = read_json(headers, body).await?;
+    let Value::Object(object) = &value else {
+        return Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", "the body must be a JSON object"));
+    };
+    if !object.get("url").is_some_and(Value::is_string) {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_url",
+            "url is required and must be a string",
+        ));
+    }
+    let spec: GateSpec<'_> = GateSpec::deserialize(&value)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_field", scrub(&e.to_string())))?;
+    spec.validate(&app.validate_options()).map_err(|errors| {
+        let first = errors.first();
+        let code = match first.map(GateError::field) {
+            Some("url") => "invalid_url",
+            _ => "invalid_field",
+        };
+        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        api_error(StatusCode::BAD_REQUEST, code, message)
+    })
+}
+
+/// A number assignment PUT body: `{"agent_id": "..."}`.
+async fn read_assignment(headers: &HeaderMap, body: Incoming) -> Result<String, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Assignment {
+        agent_id: String,
+    }
+    let value = read_json(headers, body).await?;
+    let assignment: Assignment = serde::Deserialize::deserialize(&value)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_field", scrub(&e.to_string())))?;
+    if !validate_agent_id(&assignment.agent_id) {
+        return Err(api_error(StatusCode::BAD_REQUEST, "invalid_field", "invalid agent_id"));
+    }
+    Ok(assignment.agent_id)
+}
+
+/// serde's messages quote the offending value, which may be a secret URL: keep only the part
+/// before the quote.
+fn scrub(message: &str) -> String {
+    message.split('"').next().unwrap_or(message).trim_end().to_owned()
+}
+
+fn gate_answer(key: &str, id: &str, gate: Option<&Gate>) -> Value {
+    let mut answer = json!({ key: id, "precall_webhook_url": gate.map(Gate::url), "is_set": gate.is_some() });
+    if let Some(gate) = gate {
+        if let Some(ms) = gate.timeout_ms() {
+            answer["timeout_ms"] = json!(ms);
+        }
+        answer["on_failure"] = json!(gate.on_failure().as_str());
+    }
+    answer
+}
+
+use serde::Deserialize as _;
 
 fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResBody> {
     let mut response = Response::new(Either::Left(Full::new(body)));
@@ -36,8 +309,11 @@ fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response
     response
 }
 
+fn json_response(status: StatusCode, body: &Value) -> Response<ResBody> {
+    text(status, "application/json", Bytes::from(body.to_string()))
+}
+
 /// `{"error":{"code":"...","message":"..."}}` with `status`.
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<ResBody> {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    text(status, "application/json", Bytes::from(body.to_string()))
+    json_response(status, &json!({ "error": { "code": code, "message": message } }))
 }

@@ -2,6 +2,7 @@
 //! readiness) and the two ways a request leaves callgate for the engine.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
@@ -14,6 +15,7 @@ use crate::error::RequestError;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
+use crate::routes::writer::Writer;
 use crate::routes::ValidateOptions;
 use crate::settings::Settings;
 use crate::webhook::{self, Waits};
@@ -22,7 +24,9 @@ use crate::ResBody;
 /// Shared by every connection on both listeners.
 pub struct App {
     pub settings: Settings,
-    pub routes: RouteStore,
+    pub routes: Arc<RouteStore>,
+    /// The only way to change the table.
+    pub writer: Writer,
     pub gate: GateClient,
     pub engine: Engine,
     pub metrics: &'static Metrics,
@@ -32,10 +36,16 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(settings: Settings, routes: RouteStore, gate: GateClient, metrics: &'static Metrics) -> App {
+    pub fn new(
+        settings: Settings,
+        routes: Arc<RouteStore>,
+        writer: Writer,
+        gate: GateClient,
+        metrics: &'static Metrics,
+    ) -> App {
         let streams = TaskTracker::new();
         let engine = Engine::new(settings.upstream.clone(), settings.upstream_timeout, streams.clone());
-        App { settings, routes, gate, engine, metrics, streams, ready: AtomicBool::new(false) }
+        App { settings, routes, writer, gate, engine, metrics, streams, ready: AtomicBool::new(false) }
     }
 
     pub fn validate_options(&self) -> ValidateOptions {

@@ -43,6 +43,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::gate::GateClient;
 use crate::routes::store::RouteStore;
+use crate::routes::writer::Writer;
 use crate::routes::{RouteTable, RoutesError, ValidateOptions};
 pub use crate::server::Listeners;
 use crate::settings::Settings;
@@ -68,10 +69,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let options = ValidateOptions { allow_insecure_gates: settings.allow_insecure_gates };
-    let table = load_routes(&settings.routes, &options)?;
+    let (table, content) = load_routes(&settings.routes, &options)?;
     let metrics = metrics::get();
     metrics.record_table(table.agent_count(), table.number_count());
     metrics.record_reload(true);
+    let routes = Arc::new(RouteStore::new(table));
+    let writer =
+        Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics, content.as_deref());
+    drop(content);
+    let _watching = routes::watch::start(settings.routes.clone(), writer.clone());
 
     let gate = GateClient::new(
         tls::gate_client_config()?,
@@ -79,7 +85,7 @@ pub async fn run(
         settings.gate_max_pending as usize,
         None,
     );
-    let app = Arc::new(App::new(settings, RouteStore::new(table), gate, metrics));
+    let app = Arc::new(App::new(settings, routes, writer, gate, metrics));
     tracing::info!(
         listen = %listeners.public_addr(),
         admin_listen = %listeners.admin_addr(),
@@ -91,14 +97,20 @@ pub async fn run(
     Ok(())
 }
 
-/// Loads the routes file at start-up: a missing file is an empty table (with a warning).
-pub fn load_routes(path: &Path, options: &ValidateOptions) -> Result<RouteTable, StartError> {
+/// Loads the routes file at start-up, with the content it was parsed from: a missing file is
+/// an empty table (with a warning).
+pub fn load_routes(
+    path: &Path,
+    options: &ValidateOptions,
+) -> Result<(RouteTable, Option<Vec<u8>>), StartError> {
     match std::fs::read(path) {
-        Ok(bytes) => RouteTable::parse(&bytes, options)
-            .map_err(|source| StartError::Routes { path: path.display().to_string(), source }),
+        Ok(bytes) => match RouteTable::parse(&bytes, options) {
+            Ok(table) => Ok((table, Some(bytes))),
+            Err(source) => Err(StartError::Routes { path: path.display().to_string(), source }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::warn!(path = %path.display(), "routes file not found; starting with an empty table");
-            Ok(RouteTable::empty())
+            Ok((RouteTable::empty(), None))
         }
         Err(source) => Err(StartError::RoutesRead { path: path.display().to_string(), source }),
     }

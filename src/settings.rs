@@ -105,6 +105,39 @@ pub struct ServeArgs {
     /// Drain time after SIGTERM.
     #[arg(long, env = "CALLGATE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Keys for the admin API, ID:SECRET; with none, the admin API answers 401.
+    #[arg(long = "api-key", env = "CALLGATE_API_KEYS", value_delimiter = ',', value_parser = parse_api_key)]
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// One key for the admin API: `Authorization: Bearer ID:SECRET`. `Debug` masks the secret.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub id: String,
+    secret: String,
+}
+
+impl ApiKey {
+    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> ApiKey {
+        ApiKey { id: id.into(), secret: secret.into() }
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:***", self.id)
+    }
+}
+
+fn parse_api_key(s: &str) -> Result<ApiKey, String> {
+    match s.split_once(':') {
+        Some((id, secret)) if !id.is_empty() && !secret.is_empty() => Ok(ApiKey::new(id, secret)),
+        _ => Err("write ID:SECRET".into()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +201,7 @@ pub struct Settings {
     pub max_connections: u32,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub api_keys: Vec<ApiKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +238,7 @@ impl Settings {
             max_connections: args.max_connections,
             log_format: args.log_format,
             shutdown_grace: args.shutdown_grace,
+            api_keys: args.api_keys,
         })
     }
 

@@ -5,6 +5,8 @@
 mod check;
 mod file;
 pub mod store;
+pub mod watch;
+pub mod writer;
 
 pub use check::timeout_warnings;
 
@@ -416,16 +418,39 @@ impl RouteTable {
     /// A copy with the agent's gate set, or with the agent removed (`None`). The caller has
     /// checked `agent_id` with [`validate_agent_id`] (else the saved file would not load).
     pub fn with_agent_gate(&self, agent_id: &str, gate: Option<Gate>) -> RouteTable {
-        debug_assert!(validate_agent_id(agent_id), "unchecked agent id");
         let mut next = self.clone();
+        next.set_agent_gate(agent_id, gate);
+        next
+    }
+
+    /// A copy with the number's own gate set or removed.
+    pub fn with_number_gate(&self, number: &str, gate: Option<Gate>) -> Result<RouteTable, RoutesError> {
+        let mut next = self.clone();
+        next.set_number_gate(number, gate)?;
+        Ok(next)
+    }
+
+    /// A copy with the number's agent set or removed. The agent need not be in the table.
+    pub fn with_number_agent(&self, number: &str, agent_id: Option<&str>) -> Result<RouteTable, RoutesError> {
+        let mut next = self.clone();
+        next.set_number_agent(number, agent_id)?;
+        Ok(next)
+    }
+
+    /// Sets the agent's gate, or removes the agent (`None`); returns whether it had a gate.
+    /// A map shared with another table is copied once, on the first change: a batch of
+    /// changes to one table copies each map at most once.
+    pub fn set_agent_gate(&mut self, agent_id: &str, gate: Option<Gate>) -> bool {
+        debug_assert!(validate_agent_id(agent_id), "unchecked agent id");
+        let had_gate = self.agent_gate(agent_id).is_some();
         match gate {
             None if !self.agents.contains_key(agent_id) => {}
             None => {
-                Arc::make_mut(&mut next.agents).remove(agent_id);
+                Arc::make_mut(&mut self.agents).remove(agent_id);
             }
             Some(gate) => {
                 let gate = Some(Arc::new(gate));
-                let agents = Arc::make_mut(&mut next.agents);
+                let agents = Arc::make_mut(&mut self.agents);
                 match agents.get_mut(agent_id) {
                     Some(agent) => agent.gate = gate,
                     None => {
@@ -434,18 +459,18 @@ impl RouteTable {
                 }
             }
         }
-        next
+        had_gate
     }
 
-    /// A copy with the number's own gate set or removed. Copies the number map (an admin
-    /// write, not a hot path).
-    pub fn with_number_gate(&self, number: &str, gate: Option<Gate>) -> Result<RouteTable, RoutesError> {
+    /// Sets or removes the number's own gate; returns whether it had one.
+    pub fn set_number_gate(&mut self, number: &str, gate: Option<Gate>) -> Result<bool, RoutesError> {
         let key = number_key(number)?;
-        Ok(self.with_number(key, |entry| entry.gate = gate.map(Arc::new)))
+        Ok(self.change_number(key, |entry| std::mem::replace(&mut entry.gate, gate.map(Arc::new)).is_some()))
     }
 
-    /// A copy with the number's agent set or removed. The agent need not be in the table.
-    pub fn with_number_agent(&self, number: &str, agent_id: Option<&str>) -> Result<RouteTable, RoutesError> {
+    /// Sets or removes the number's agent; returns whether it had one. The agent need not be
+    /// in the table.
+    pub fn set_number_agent(&mut self, number: &str, agent_id: Option<&str>) -> Result<bool, RoutesError> {
         let key = number_key(number)?;
         let agent_id = match agent_id {
             Some(id) if !validate_agent_id(id) => {
@@ -461,25 +486,24 @@ impl RouteTable {
             }),
             None => None,
         };
-        Ok(self.with_number(key, |entry| entry.agent_id = agent_id))
+        Ok(self.change_number(key, |entry| std::mem::replace(&mut entry.agent_id, agent_id).is_some()))
     }
 
-    /// Applies `change` to the number's entry (empty if absent); drops an entry left empty.
-    fn with_number(&self, key: NumberKey, change: impl FnOnce(&mut NumberEntry)) -> RouteTable {
+    /// Applies `change` to the number's entry (empty if absent) and drops an entry left empty.
+    fn change_number(&mut self, key: NumberKey, change: impl FnOnce(&mut NumberEntry) -> bool) -> bool {
         let old = self.numbers.get(&key);
         let mut entry = old.cloned().unwrap_or_default();
-        change(&mut entry);
+        let had = change(&mut entry);
         let keep = entry.agent_id.is_some() || entry.gate.is_some();
-        let mut next = self.clone();
         if keep || old.is_some() {
-            let numbers = Arc::make_mut(&mut next.numbers);
+            let numbers = Arc::make_mut(&mut self.numbers);
             if keep {
                 numbers.insert(key, entry);
             } else {
                 numbers.remove(&key);
             }
         }
-        next
+        had
     }
 }
 

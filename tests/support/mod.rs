@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use callgate::settings::Settings;
+use callgate::settings::{ApiKey, Settings};
 use callgate::Listeners;
 
 /// A request as a stub server saw it.
@@ -175,6 +175,7 @@ impl Callgate {
         let path = dir.path().join("routes.json");
         std::fs::write(&path, routes).unwrap();
         let mut settings = Settings::local(upstream, path.clone()).unwrap();
+        settings.api_keys = vec![ApiKey::new("kid", "ksecret")];
         tweak(&mut settings);
         let listeners = Listeners::bind(settings.listen, settings.admin_listen).await.unwrap();
         let (addr, admin) = (listeners.public_addr(), listeners.admin_addr());
@@ -202,6 +203,33 @@ impl Callgate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// An admin API call with the test key; `body` is sent as JSON when given.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.admin, path))
+            .header("authorization", ADMIN_AUTH);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let answer = send(request.body(Full::new(body)).unwrap()).await.unwrap();
+        let json = serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null);
+        (answer.status, json)
+    }
+
+    /// The table in force, as `GET /v1/routes` shows it.
+    pub async fn table(&self) -> serde_json::Value {
+        let (status, table) = self.admin("GET", "/v1/routes", None).await;
+        assert_eq!(status, StatusCode::OK);
+        table
     }
 
     /// Stops the server and waits for its drain to finish.
@@ -287,6 +315,9 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The `Authorization` header for the key every test callgate is given.
+pub const ADMIN_AUTH: &str = "Bearer kid:ksecret";
 
 pub const GOLDEN_REJECT: &[u8] = include_bytes!("../../fixtures/twiml/reject-busy.xml");
 

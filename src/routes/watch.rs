@@ -1,0 +1,88 @@
+//! Reload from disk: watch the routes file's directory (so edits in place, renames over it and
+//! Kubernetes ConfigMap `..data` symlink swaps are all seen), debounce bursts, and poll the
+//! file's metadata as a safety net. The writer does the reading, so reloads and admin writes
+//! never interleave.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::Notify;
+
+use super::writer::Writer;
+
+/// Quiet time after the last filesystem event before reloading: a burst (write, chmod,
+/// rename, symlink swap) reloads once.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How often the file's metadata is compared, in case an event was missed.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// Watches `path` until the returned guard is dropped.
+pub fn start(path: PathBuf, writer: Writer) -> WatchGuard {
+    let dirty = Arc::new(Notify::new());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let watcher = {
+        let dirty = Arc::clone(&dirty);
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                dirty.notify_one();
+            }
+        })
+        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
+    };
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the routes directory; polling only");
+            None
+        }
+    };
+    let task = tokio::spawn(watch_loop(path, writer, dirty));
+    WatchGuard { _watcher: watcher, task }
+}
+
+/// Stops watching when dropped.
+pub struct WatchGuard {
+    _watcher: Option<notify::RecommendedWatcher>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn watch_loop(path: PathBuf, writer: Writer, dirty: Arc<Notify>) {
+    let mut seen = stat(&path);
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = dirty.notified() => {
+                // Let the burst settle: every further event restarts the quiet time.
+                while tokio::time::timeout(DEBOUNCE, dirty.notified()).await.is_ok() {}
+            }
+            _ = poll.tick() => {
+                if stat(&path) == seen {
+                    continue;
+                }
+            }
+        }
+        seen = stat(&path);
+        writer.reload().await;
+    }
+}
+
+/// What the poll compares: identity, size and modification time of the file the path leads
+/// to (through symlinks), or nothing if it is gone.
+fn stat(path: &Path) -> Option<(u64, u64, u64, SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+}

@@ -1,0 +1,241 @@
+//! The only task that changes the table: admin edits and reloads from disk queue here and are
+//! applied one batch at a time. Edits waiting behind a save are combined into the next batch
+//! (group commit): one copy of the table, one atomic save, one swap, then every caller is
+//! answered. A batch that cannot be saved changes nothing, in memory or on disk.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::RouteStore;
+use super::{Gate, RouteTable, ValidateOptions};
+use crate::metrics::Metrics;
+
+/// Most edits combined into one save.
+const MAX_BATCH: usize = 4096;
+
+/// One admin change to the table. Values are validated before they are queued.
+#[derive(Debug)]
+pub enum Edit {
+    AgentGate { agent_id: String, gate: Option<Gate> },
+    NumberGate { number: String, gate: Option<Gate> },
+    NumberAgent { number: String, agent_id: Option<String> },
+}
+
+/// Why an edit was not applied. Either way nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the routes file is read-only; change it where it is managed (ConfigMap, GitOps)")]
+    ReadOnly(#[source] std::io::Error),
+    #[error("the routes file could not be saved")]
+    Unsaved(#[source] std::io::Error),
+    #[error("the routes writer has stopped")]
+    Stopped,
+}
+
+enum Job {
+    Edit(Edit, oneshot::Sender<Result<bool, WriteError>>),
+    Reload(oneshot::Sender<()>),
+}
+
+/// A handle to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts the writer task. `loaded` is the content the table in `store` was parsed from
+    /// (`None` if the file was missing), so an unchanged file is never reloaded.
+    pub fn start(
+        store: Arc<RouteStore>,
+        path: PathBuf,
+        options: ValidateOptions,
+        metrics: &'static Metrics,
+        loaded: Option<&[u8]>,
+    ) -> Writer {
+        let (jobs, queue) = mpsc::channel(MAX_BATCH);
+        let task = Task { store, path, options, metrics, content: loaded.map(fingerprint) };
+        tokio::spawn(task.run(queue));
+        Writer { jobs }
+    }
+
+    /// Applies `edit`, saved to disk before this returns; `Ok(true)` if it replaced or removed
+    /// something that was set.
+    pub async fn edit(&self, edit: Edit) -> Result<bool, WriteError> {
+        let (done, answer) = oneshot::channel();
+        self.jobs.send(Job::Edit(edit, done)).await.map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+
+    /// Re-reads the routes file and swaps in its table if it changed and is valid.
+    pub async fn reload(&self) {
+        let (done, answer) = oneshot::channel();
+        if self.jobs.send(Job::Reload(done)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+}
+
+struct Task {
+    store: Arc<RouteStore>,
+    path: PathBuf,
+    options: ValidateOptions,
+    metrics: &'static Metrics,
+    /// Fingerprint of the file content the table in force was loaded from or saved as.
+    content: Option<Fingerprint>,
+}
+
+impl Task {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.recv().await {
+            let mut edits = Vec::new();
+            let mut reloads = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Edit(edit, done) => edits.push((edit, done)),
+                    Job::Reload(done) => reloads.push(done),
+                }
+                if edits.len() < MAX_BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if !reloads.is_empty() {
+                self.reload().await;
+                for done in reloads {
+                    let _ = done.send(());
+                }
+            }
+            if !edits.is_empty() {
+                self.apply(edits).await;
+            }
+        }
+    }
+
+    async fn apply(&mut self, edits: Vec<(Edit, oneshot::Sender<Result<bool, WriteError>>)>) {
+        let mut table = RouteTable::clone(&self.store.load());
+        let mut answers = Vec::with_capacity(edits.len());
+        for (edit, done) in edits {
+            let had = match edit {
+                Edit::AgentGate { agent_id, gate } => Ok(table.set_agent_gate(&agent_id, gate)),
+                Edit::NumberGate { number, gate } => table.set_number_gate(&number, gate),
+                Edit::NumberAgent { number, agent_id } => {
+                    table.set_number_agent(&number, agent_id.as_deref())
+                }
+            };
+            // Values were validated before queueing; a failure here is a bug, not bad input.
+            answers.push((had.expect("edits are validated before they are queued"), done));
+        }
+        let path = self.path.clone();
+        let saved = tokio::task::spawn_blocking(move || save(&path, &table).map(|content| (table, content)))
+            .await
+            .expect("the save task does not panic");
+        match saved {
+            Ok((table, content)) => {
+                self.metrics.record_table(table.agent_count(), table.number_count());
+                self.store.publish(table);
+                self.content = Some(content);
+                for (had, done) in answers {
+                    self.metrics.record_admin_write(true);
+                    let _ = done.send(Ok(had));
+                }
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "admin write not saved; nothing changed");
+                let read_only = is_read_only(&e);
+                for (_, done) in answers {
+                    self.metrics.record_admin_write(false);
+                    let err = std::io::Error::new(e.kind(), e.to_string());
+                    let _ = done.send(Err(if read_only {
+                        WriteError::ReadOnly(err)
+                    } else {
+                        WriteError::Unsaved(err)
+                    }));
+                }
+            }
+        }
+    }
+
+    async fn reload(&mut self) {
+        let path = self.path.clone();
+        let options = self.options;
+        let previous = self.content;
+        let outcome =
+            tokio::task::spawn_blocking(move || -> Result<Option<(RouteTable, Fingerprint)>, String> {
+                let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
+                let content = fingerprint(&bytes);
+                if Some(content) == previous {
+                    return Ok(None);
+                }
+                RouteTable::parse(&bytes, &options).map(|t| Some((t, content))).map_err(|e| e.to_string())
+            })
+            .await
+            .expect("the reload task does not panic");
+        match outcome {
+            Ok(None) => {}
+            Ok(Some((table, content))) => {
+                tracing::info!(
+                    path = %self.path.display(),
+                    agents = table.agent_count(),
+                    numbers = table.number_count(),
+                    "routes reloaded"
+                );
+                self.metrics.record_table(table.agent_count(), table.number_count());
+                self.metrics.record_reload(true);
+                self.store.publish(table);
+                self.content = Some(content);
+            }
+            Err(reason) => {
+                tracing::error!(path = %self.path.display(), %reason, "routes reload failed; the last good table keeps serving");
+                self.metrics.record_reload(false);
+            }
+        }
+    }
+}
+
+/// What a file's content is known by: its length and a hash (not a security boundary: a
+/// collision only skips one reload, and the periodic poll does not depend on it).
+type Fingerprint = (usize, u64);
+
+fn fingerprint(bytes: &[u8]) -> Fingerprint {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    (bytes.len(), h.finish())
+}
+
+/// Saves `table` atomically: a temporary file in the same directory, fsync, rename over the
+/// routes file, fsync of the directory. On error the temporary file is removed and the routes
+/// file is as it was.
+fn save(path: &Path, table: &RouteTable) -> std::io::Result<Fingerprint> {
+    let mut bytes = serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.callgate-{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map(|()| fingerprint(&bytes))
+}
+
+/// A file that cannot be written by design (read-only mount, immutable file, no permission)
+/// rather than by accident (full disk).
+fn is_read_only(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem)
+        || e.raw_os_error() == Some(1) // EPERM: chattr +i
+}

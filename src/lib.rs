@@ -33,7 +33,6 @@ pub mod tls;
 pub mod webhook;
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,7 +43,7 @@ use crate::app::App;
 use crate::gate::GateClient;
 use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
-use crate::routes::{RouteTable, RoutesError, ValidateOptions};
+use crate::routes::{RouteTable, ValidateOptions};
 pub use crate::server::Listeners;
 use crate::settings::Settings;
 
@@ -54,64 +53,50 @@ pub type ResBody = Either<Full<Bytes>, Incoming>;
 /// Why callgate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("invalid routes file {path}:\n{source}")]
-    Routes { path: String, source: RoutesError },
-    #[error("cannot read routes file {path}")]
-    RoutesRead { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Routes(#[from] routes::writer::LoadError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
 
 /// Serves on `listeners` until `shutdown` completes, then drains and returns.
+///
+/// The admin listener answers first (`/readyz` 503) while the routes file loads; the public
+/// listener is served once the table is in, and `/readyz` turns 200.
 pub async fn run(
     settings: Settings,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let options = ValidateOptions { allow_insecure_gates: settings.allow_insecure_gates };
-    let (table, content) = load_routes(&settings.routes, &options)?;
     let metrics = metrics::get();
-    metrics.record_table(table.agent_count(), table.number_count());
-    metrics.record_reload(true);
-    let routes = Arc::new(RouteStore::new(table));
-    let writer =
-        Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics, content.as_deref());
-    drop(content);
-    let _watching = routes::watch::start(settings.routes.clone(), writer.clone());
-
+    let routes = Arc::new(RouteStore::new(RouteTable::empty()));
+    let (writer, loaded) = Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics);
     let gate = GateClient::new(
         tls::gate_client_config()?,
         settings.gate_timeout,
         settings.gate_max_pending as usize,
         None,
     );
-    let app = Arc::new(App::new(settings, routes, writer, gate, metrics));
+    let app = Arc::new(App::new(settings, routes, writer.clone(), gate, metrics));
+    let admin = server::AdminServer::start(Arc::clone(&app), listeners.admin);
+    match loaded.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            admin.stop().await;
+            return Err(e.into());
+        }
+        Err(_) => unreachable!("the writer reports its first load"),
+    }
+    let _watching = routes::watch::start(app.settings.routes.clone(), writer);
     tracing::info!(
-        listen = %listeners.public_addr(),
-        admin_listen = %listeners.admin_addr(),
+        listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_listen = %admin.addr(),
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),
         voice_paths = ?app.settings.voice_paths,
         "callgate serving"
     );
-    server::serve(app, listeners, shutdown).await;
+    server::serve(app, listeners.public, shutdown).await;
+    admin.stop().await;
     Ok(())
-}
-
-/// Loads the routes file at start-up, with the content it was parsed from: a missing file is
-/// an empty table (with a warning).
-pub fn load_routes(
-    path: &Path,
-    options: &ValidateOptions,
-) -> Result<(RouteTable, Option<Vec<u8>>), StartError> {
-    match std::fs::read(path) {
-        Ok(bytes) => match RouteTable::parse(&bytes, options) {
-            Ok(table) => Ok((table, Some(bytes))),
-            Err(source) => Err(StartError::Routes { path: path.display().to_string(), source }),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tracing::warn!(path = %path.display(), "routes file not found; starting with an empty table");
-            Ok((RouteTable::empty(), None))
-        }
-        Err(source) => Err(StartError::RoutesRead { path: path.display().to_string(), source }),
-    }
 }

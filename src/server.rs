@@ -48,19 +48,48 @@ impl Listeners {
     }
 }
 
-/// Serves both listeners until `shutdown` completes, then drains.
-pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+/// The admin listener, served from start-up until the process is done draining.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    pub fn start(app: Arc<App>, listener: TcpListener) -> AdminServer {
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        let (stop, stopped) = watch::channel(false);
+        let builder = connection_builder(&app);
+        let task =
+            tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), 1024, builder, move |_peer| {
+                let app = Arc::clone(&app);
+                move |request| admin::handle(Arc::clone(&app), request)
+            }));
+        AdminServer { addr, stop, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Serves the public listener until `shutdown` completes, then drains: readiness is withdrawn,
+/// accepting stops, requests and upgraded streams in flight get `--shutdown-grace` to finish.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let (stop_public, public_stopped) = watch::channel(false);
-    let (stop_admin, admin_stopped) = watch::channel(false);
     let connections = TaskTracker::new();
     let builder = connection_builder(&app);
-
     let public = tokio::spawn(accept_loop(
-        listeners.public,
+        listener,
         public_stopped,
         connections.clone(),
         app.settings.max_connections as usize,
-        builder.clone(),
+        builder,
         {
             let app = Arc::clone(&app);
             move |peer| {
@@ -69,14 +98,6 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
             }
         },
     ));
-    let admin =
-        tokio::spawn(accept_loop(listeners.admin, admin_stopped, TaskTracker::new(), 1024, builder, {
-            let app = Arc::clone(&app);
-            move |_peer| {
-                let app = Arc::clone(&app);
-                move |request| admin::handle(Arc::clone(&app), request)
-            }
-        }));
 
     app.set_ready(true);
     shutdown.await;
@@ -99,8 +120,6 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
             "shutdown grace over; cutting off what is still in flight"
         ),
     }
-    let _ = stop_admin.send(true);
-    let _ = admin.await;
 }
 
 fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {

@@ -25,6 +25,22 @@ pub enum Edit {
     NumberAgent { number: String, agent_id: Option<String> },
 }
 
+/// Why the routes file could not be loaded at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("invalid routes file {path}: {first}{more}", first = .source.problems.first().map_or("", String::as_str), more = more_problems(.source))]
+    Invalid { path: String, source: super::RoutesError },
+    #[error("cannot read routes file {path}")]
+    Read { path: String, source: std::io::Error },
+}
+
+fn more_problems(e: &super::RoutesError) -> String {
+    match e.problems.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more; run `callgate check` to list them)", n - 1),
+    }
+}
+
 /// Why an edit was not applied. Either way nothing changed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -48,19 +64,27 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task. `loaded` is the content the table in `store` was parsed from
-    /// (`None` if the file was missing), so an unchanged file is never reloaded.
+    /// Starts the writer task. Its first job is the initial load of the routes file into
+    /// `store`; the returned receiver says how that went. Edits sent meanwhile wait for it.
     pub fn start(
         store: Arc<RouteStore>,
         path: PathBuf,
         options: ValidateOptions,
         metrics: &'static Metrics,
-        loaded: Option<&[u8]>,
-    ) -> Writer {
+    ) -> (Writer, oneshot::Receiver<Result<(), LoadError>>) {
         let (jobs, queue) = mpsc::channel(MAX_BATCH);
-        let task = Task { store, path, options, metrics, content: loaded.map(fingerprint) };
-        tokio::spawn(task.run(queue));
-        Writer { jobs }
+        let (loaded, first_load) = oneshot::channel();
+        let task = Task { store, path, options, metrics, content: None };
+        tokio::spawn(async move {
+            let mut task = task;
+            let result = task.initial_load().await;
+            let failed = result.is_err();
+            let _ = loaded.send(result);
+            if !failed {
+                task.run(queue).await;
+            }
+        });
+        (Writer { jobs }, first_load)
     }
 
     /// Applies `edit`, saved to disk before this returns; `Ok(true)` if it replaced or removed
@@ -90,6 +114,37 @@ struct Task {
 }
 
 impl Task {
+    /// Loads the routes file at start-up: a missing file is an empty table, with a warning.
+    async fn initial_load(&mut self) -> Result<(), LoadError> {
+        let path = self.path.clone();
+        let options = self.options;
+        let loaded = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => match RouteTable::parse(&bytes, &options) {
+                Ok(table) => Ok(Some((table, fingerprint(&bytes)))),
+                Err(source) => Err(LoadError::Invalid { path: path.display().to_string(), source }),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(LoadError::Read { path: path.display().to_string(), source }),
+        })
+        .await
+        .expect("the load task does not panic")?;
+        let table = match loaded {
+            Some((table, content)) => {
+                self.content = Some(content);
+                table
+            }
+            None => {
+                tracing::warn!(path = %self.path.display(), "routes file not found; starting with an empty table");
+                RouteTable::empty()
+            }
+        };
+        tracing::info!(agents = table.agent_count(), numbers = table.number_count(), "routes loaded");
+        self.metrics.record_table(table.agent_count(), table.number_count());
+        self.metrics.record_reload(true);
+        self.store.publish(table);
+        Ok(())
+    }
+
     async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
         while let Some(first) = queue.recv().await {
             let mut edits = Vec::new();

@@ -158,7 +158,9 @@ async fn every_error_code_is_answered_and_nothing_changes() {
     let agent = "/v1/integrations/precall/agent/agent_a";
     let json = Some("application/json");
     let auth = Some(ADMIN_AUTH);
-    let cases: Vec<(&str, &str, Option<&str>, String, StatusCode, &str)> = vec![
+    // method, path, content type, body, status, error code
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             agent,

@@ -80,6 +80,12 @@ pub async fn run(
     );
     let app = Arc::new(App::new(settings, routes, writer.clone(), gate, metrics));
     let admin = server::AdminServer::start(Arc::clone(&app), listeners.admin);
+    tracing::info!(
+        listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        admin_listen = %admin.addr(),
+        settings = ?app.settings,
+        "listeners bound"
+    );
     match loaded.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -91,7 +97,6 @@ pub async fn run(
     let _watching = routes::watch::start(app.settings.routes.clone(), writer);
     tracing::info!(
         listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        admin_listen = %admin.addr(),
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),
         voice_paths = ?app.settings.voice_paths,
         "callgate serving"

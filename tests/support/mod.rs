@@ -325,3 +325,127 @@ pub const GOLDEN_REJECT: &[u8] = include_bytes!("../../fixtures/twiml/reject-bus
 pub fn number_gate(to: &str, url: &str) -> String {
     serde_json::json!({ "numbers": { to: { "gate": { "url": url } } } }).to_string()
 }
+
+/// The real `callgate` binary, started with JSON logs on 127.0.0.1:0; its log lines are
+/// collected as they come.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<serde_json::Value>>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Starts callgate with `routes` in front of `upstream`, plus `args`; waits until it serves.
+    pub fn spawn(routes: &str, upstream: &str, args: &[&str]) -> Binary {
+        let binary = Binary::start(routes, upstream, args);
+        binary.wait_for_log("callgate serving");
+        binary
+    }
+
+    /// Starts callgate and returns once its admin listener is up (the table may still load).
+    pub fn start(routes: &str, upstream: &str, args: &[&str]) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        std::fs::write(&path, routes).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--upstream", upstream, "--allow-insecure-gates", "--api-key", "kid:ksecret"])
+            .arg("--routes")
+            .arg(&path)
+            .args(args)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let value = serde_json::from_str(&line)
+                        .unwrap_or_else(|_| serde_json::json!({ "unparsed": line }));
+                    logs.lock().unwrap().push(value);
+                }
+            });
+        }
+        let mut binary =
+            Binary { child, addr: ([0, 0, 0, 0], 0).into(), admin: ([0, 0, 0, 0], 0).into(), logs, dir };
+        let up = binary.wait_for_log("listeners bound");
+        binary.addr = up["listen"].as_str().unwrap().parse().unwrap();
+        binary.admin = up["admin_listen"].as_str().unwrap().parse().unwrap();
+        binary
+    }
+
+    /// Waits (up to 20 s) for a log line whose message is `message`, and returns it.
+    pub fn wait_for_log(&self, message: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = self.logs.lock().unwrap().iter().find(|l| l["message"] == message) {
+                return line.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {message:?} log line: {:?}",
+                self.logs.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every log line so far with this message.
+    pub fn logs_with(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().iter().filter(|l| l["message"] == message).cloned().collect()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The value of one series in `/metrics`, e.g. `callgate_inbound_calls_total{decision="accept"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = get(&self.admin_url("/metrics")).await.unwrap().text();
+        metric_value(&text, series).unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "callgate did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `series` (name and labels exactly as exported) in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}

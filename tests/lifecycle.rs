@@ -1,0 +1,155 @@
+//! Probes, graceful drain and logs on the real binary (SPEC §7, §9).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+const TO: &str = "+447700900123";
+
+async fn status(url: &str) -> u16 {
+    get(url).await.map(|a| a.status.as_u16()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
+    let engine = Stub::start(Reply::json("<Response/>").delay(Duration::from_millis(800))).await;
+    // A table big enough to take a moment to load in a debug build.
+    let mut numbers = serde_json::Map::new();
+    for i in 0..300_000 {
+        numbers.insert(format!("+1555{i:07}"), json!({"agent_id": "agent_a"}));
+    }
+    let routes = json!({"numbers": numbers}).to_string();
+    let mut cg = Binary::start(&routes, &engine.url(""), &["--shutdown-grace", "5s"]);
+    assert_eq!(status(&cg.admin_url("/readyz")).await, 503, "not ready while the table loads");
+    assert_eq!(status(&cg.admin_url("/healthz")).await, 200, "alive all the same");
+    cg.wait_for_log("callgate serving");
+    assert_eq!(status(&cg.admin_url("/readyz")).await, 200);
+
+    // A call in flight when SIGTERM arrives.
+    let url = cg.url("/twilio/status");
+    let in_flight = tokio::spawn(async move { get(&url).await.map(|a| a.status.as_u16()) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cg.signal("TERM");
+    eventually(Duration::from_secs(2), || async { status(&cg.admin_url("/readyz")).await == 503 }).await;
+    assert_eq!(status(&cg.admin_url("/healthz")).await, 200, "the admin listener stays up to say so");
+    assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the call in flight completes");
+    assert!(tokio::net::TcpStream::connect(cg.addr).await.is_err(), "no longer accepting calls");
+    let exit = cg.wait_exit(Duration::from_secs(5));
+    assert_eq!(exit.code(), Some(0));
+    cg.wait_for_log("drained; every call in flight finished");
+}
+
+#[tokio::test]
+async fn a_slow_call_past_the_grace_is_cut_off_and_the_process_still_exits_0() {
+    let engine = Stub::start(Reply::json("").delay(Duration::from_secs(10))).await;
+    let mut cg = Binary::spawn("{}", &engine.url(""), &["--shutdown-grace", "500ms", "--upstream-timeout", "20s"]);
+    let url = cg.url("/twilio/status");
+    let in_flight = tokio::spawn(async move { get(&url).await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    cg.signal("TERM");
+    assert_eq!(cg.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(3), "the grace bounds the drain");
+    let cut = cg.wait_for_log("shutdown grace over; cutting off what is still in flight");
+    assert_eq!(cut["connections"], 1);
+    assert!(!in_flight.await.unwrap(), "the cut-off call sees its connection end");
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let engine = Stub::start(Reply::json("").delay(Duration::from_secs(10))).await;
+    let mut cg = Binary::spawn("{}", &engine.url(""), &["--shutdown-grace", "30s", "--upstream-timeout", "20s"]);
+    let url = cg.url("/twilio/status");
+    let _in_flight = tokio::spawn(async move { get(&url).await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cg.signal("TERM");
+    cg.wait_for_log("shutting down: no longer accepting calls");
+    let started = Instant::now();
+    cg.signal("INT");
+    let exit = cg.wait_exit(Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_ne!(exit.code(), Some(0), "an interrupted drain is not a clean exit");
+}
+
+#[tokio::test]
+async fn a_media_stream_in_flight_may_finish_within_the_grace() {
+    let engine = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let engine_addr = engine.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = engine.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        break;
+                    }
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut cg = Binary::spawn("{}", &format!("http://{engine_addr}"), &["--shutdown-grace", "10s"]);
+    let stream = tokio::net::TcpStream::connect(cg.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/media", cg.addr), stream).await.unwrap();
+    ws.send(Message::Text("before".into())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("before".into()));
+
+    cg.signal("TERM");
+    cg.wait_for_log("shutting down: no longer accepting calls");
+    // The stream keeps flowing during the drain.
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ws.send(Message::Text(format!("during {i}"))).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text(format!("during {i}")));
+    }
+    assert!(cg.child.try_wait().unwrap().is_none(), "still draining while the stream is open");
+    // Close as Twilio does: the close handshake, then the TCP connection.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    assert_eq!(cg.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    cg.wait_for_log("drained; every call in flight finished");
+}
+
+#[tokio::test]
+async fn json_decision_lines_carry_the_specs_fields_and_no_secrets() {
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let gate = Stub::start(Reply::json(r#"{"action":"reject","reason":"out of credit"}"#)).await;
+    let routes = json!({
+        "agents": {"agent_a": {"gate": {"url": gate.url("/precall?token=S3CRET")}}},
+        "numbers": {TO: {"agent_id": "agent_a"}}
+    });
+    let cg = Binary::spawn(&routes.to_string(), &engine.url(""), &["--api-key", "kid2:APISECRET"]);
+    post_form(&cg.url("/twilio/voice"), &ringing(TO)).await;
+    post_form(&cg.url("/twilio/voice"), &ringing("+15005550000")).await;
+    let lines = cg.logs_with("call decided");
+    assert_eq!(lines.len(), 2, "one line per decided call");
+    let line = &lines[0];
+    assert_eq!(line["call_id"], "CA11111111111111111111111111111111");
+    assert_eq!(line["to"], TO);
+    assert_eq!(line["agent_id"], "agent_a");
+    assert_eq!(line["source"], "agent");
+    assert_eq!(line["decision"], "reject");
+    assert_eq!(line["cause"], "");
+    assert_eq!(line["reason"], "out of credit");
+    assert!(line["gate_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert_eq!(line["gate"], gate.url("/precall"), "scheme, host and path only");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(lines[1]["decision"], "no_gate");
+    assert_eq!(lines[1]["source"], "none");
+
+    let all = serde_json::to_string(&*cg.logs.lock().unwrap()).unwrap();
+    assert!(!all.contains("unparsed"), "every line is JSON");
+    for secret in ["S3CRET", "APISECRET", "ksecret"] {
+        assert!(!all.contains(secret), "{secret} in the logs");
+    }
+    let bound = cg.wait_for_log("listeners bound");
+    assert!(bound["settings"].as_str().unwrap().contains("kid2:***"), "the start-up line masks API keys");
+}

@@ -17,7 +17,8 @@ use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
 use crate::routes::ValidateOptions;
-use crate::settings::Settings;
+use crate::settings::{Settings, SignatureMode};
+use crate::webhook::signature::Verifier;
 use crate::webhook::{self, Waits};
 use crate::ResBody;
 
@@ -30,6 +31,8 @@ pub struct App {
     pub gate: GateClient,
     pub engine: Engine,
     pub metrics: &'static Metrics,
+    /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
+    pub verifier: Option<Verifier>,
     /// Upgraded streams in flight (also held by the engine), drained on shutdown.
     pub streams: TaskTracker,
     ready: AtomicBool,
@@ -45,7 +48,27 @@ impl App {
     ) -> App {
         let streams = TaskTracker::new();
         let engine = Engine::new(settings.upstream.clone(), settings.upstream_timeout, streams.clone());
-        App { settings, routes, writer, gate, engine, metrics, streams, ready: AtomicBool::new(false) }
+        let verifier = (settings.twilio_signature != SignatureMode::Off).then(|| {
+            Verifier::new(
+                settings.twilio_auth_tokens.iter().map(|t| t.expose().to_owned()).collect(),
+                settings
+                    .twilio_shared_keys
+                    .iter()
+                    .map(|k| (k.id.clone(), k.secret.expose().to_owned()))
+                    .collect(),
+            )
+        });
+        App {
+            settings,
+            routes,
+            writer,
+            gate,
+            engine,
+            metrics,
+            verifier,
+            streams,
+            ready: AtomicBool::new(false),
+        }
     }
 
     pub fn validate_options(&self) -> ValidateOptions {
@@ -64,17 +87,23 @@ impl App {
         self.settings.voice_paths.iter().any(|p| p == path)
     }
 
-    /// Forwards a voice-path request with callgate's decision headers set.
-    pub async fn forward_voice(
+    pub fn is_signed_path(&self, path: &str) -> bool {
+        self.settings.signed_paths.iter().any(|p| p == path)
+    }
+
+    /// Forwards a request whose body callgate has read, with callgate's decision headers set
+    /// on voice paths (`decision`: the label and the agent id).
+    pub async fn forward_buffered(
         &self,
         mut request: Request<EngineBody>,
         peer: Peer,
-        decision: &'static str,
-        agent_id: Option<&str>,
+        decision: Option<(&'static str, Option<&str>)>,
         waits: &mut Waits,
     ) -> Result<Response<ResBody>, RequestError> {
         self.engine.prepare(&mut request, peer);
-        webhook::set_decision_headers(request.headers_mut(), decision, agent_id);
+        if let Some((label, agent_id)) = decision {
+            webhook::set_decision_headers(request.headers_mut(), label, agent_id);
+        }
         self.send(request, waits).await
     }
 

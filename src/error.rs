@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use crate::engine::EngineError;
+use crate::webhook::signature::SignatureError;
 use crate::webhook::twilio::FormError;
 use crate::ResBody;
 
@@ -22,6 +23,8 @@ pub enum RequestError {
     Form(#[from] FormError),
     #[error("inbound ringing call without To")]
     MissingTo,
+    #[error("X-Twilio-Signature did not validate: {0}")]
+    Signature(#[from] SignatureError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -34,6 +37,7 @@ impl RequestError {
             RequestError::BodyRead(_) => StatusCode::BAD_REQUEST,
             RequestError::Form(_) => StatusCode::BAD_REQUEST,
             RequestError::MissingTo => StatusCode::BAD_REQUEST,
+            RequestError::Signature(_) => StatusCode::FORBIDDEN,
             RequestError::Engine(EngineError::Connect(_)) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Protocol(_)) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,

@@ -10,7 +10,8 @@
 //! - [`server`]: accept loops, connection limits and timeouts, the graceful drain.
 //! - [`app`]: the state requests share and the two ways out to the engine.
 //! - [`webhook`]: the voice webhook; the only place that orders a call's phases.
-//!   [`webhook::twilio`] parses Twilio's form, [`webhook::twiml`] renders the reject.
+//!   [`webhook::twilio`] parses Twilio's form, [`webhook::signature`] checks
+//!   `X-Twilio-Signature`, [`webhook::twiml`] renders the reject.
 //! - [`gate`]: the pooled gate client and the strict reading of its answer.
 //! - [`engine`]: forwarding to the voice engine, header hygiene, WebSocket relays.
 //! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
@@ -40,7 +41,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::app::App;
-use crate::gate::GateClient;
+use crate::gate::{GateClient, Signer};
 use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
 use crate::routes::{RouteTable, ValidateOptions};
@@ -72,11 +73,15 @@ pub async fn run(
     let metrics = metrics::get();
     let routes = Arc::new(RouteStore::new(RouteTable::empty()));
     let (writer, loaded) = Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics);
+    let signer = settings
+        .gate_signing_secret
+        .as_ref()
+        .map(|secret| Signer::new(secret.expose().as_bytes(), settings.gate_signature_header.clone()));
     let gate = GateClient::new(
         tls::gate_client_config()?,
         settings.gate_timeout,
         settings.gate_max_pending as usize,
-        None,
+        signer,
     );
     let app = Arc::new(App::new(settings, routes, writer.clone(), gate, metrics));
     let admin = server::AdminServer::start(Arc::clone(&app), listeners.admin);

@@ -213,8 +213,11 @@ async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
 async fn handle_public(app: Arc<App>, request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
     let started = Instant::now();
     let mut waits = Waits::default();
-    let (route, result) = if app.is_voice_path(request.uri().path()) {
+    let path = request.uri().path();
+    let (route, result) = if app.is_voice_path(path) {
         (Route::Voice, webhook::handle(&app, request, peer, &mut waits).await)
+    } else if app.is_signed_path(path) {
+        (Route::Proxy, webhook::handle_signed(&app, request, peer, &mut waits).await)
     } else {
         (Route::Proxy, app.forward_stream(request, peer, &mut waits).await)
     };

@@ -105,9 +105,89 @@ pub struct ServeArgs {
     /// Drain time after SIGTERM.
     #[arg(long, env = "CALLGATE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Further paths signature-checked but not gated (status callbacks, action URLs).
+    #[arg(long = "signed-path", env = "CALLGATE_SIGNED_PATHS", value_delimiter = ',')]
+    pub signed_paths: Vec<String>,
+    /// Twilio auth tokens that may have signed a request (several while rotating).
+    #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", value_delimiter = ',', value_parser = parse_secret)]
+    pub twilio_auth_tokens: Vec<Secret>,
+    /// Twilio SharedKey secrets, ID=SECRET.
+    #[arg(long = "twilio-shared-key", env = "CALLGATE_TWILIO_SHARED_KEYS", value_delimiter = ',', value_parser = parse_shared_key)]
+    pub twilio_shared_keys: Vec<SharedKey>,
+    /// enforce, report (count and log, let through) or off; default enforce with a token or key.
+    #[arg(long, env = "CALLGATE_TWILIO_SIGNATURE", value_enum)]
+    pub twilio_signature: Option<SignatureMode>,
+    /// scheme://host[:port] that Twilio uses to reach callgate.
+    #[arg(long, env = "CALLGATE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Sign every gate POST with this secret.
+    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", value_parser = parse_secret)]
+    pub gate_signing_secret: Option<Secret>,
+    /// Header carrying the gate request signature.
+    #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]
+    pub gate_signature_header: http::HeaderName,
     /// Keys for the admin API, ID:SECRET; with none, the admin API answers 401.
     #[arg(long = "api-key", env = "CALLGATE_API_KEYS", value_delimiter = ',', value_parser = parse_api_key)]
     pub api_keys: Vec<ApiKey>,
+}
+
+/// What callgate does with a request whose `X-Twilio-Signature` does not validate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SignatureMode {
+    /// Answer 403; the request goes nowhere.
+    Enforce,
+    /// Count and log it, and let it through.
+    Report,
+    /// Do not check.
+    Off,
+}
+
+/// A secret from the command line or environment; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A Twilio SharedKey: the id Twilio names in `X-Twilio-Webhooks-Signature-Settings`, and its
+/// secret.
+#[derive(Clone, Debug)]
+pub struct SharedKey {
+    pub id: String,
+    pub secret: Secret,
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(Secret::new(s))
+}
+
+fn parse_shared_key(s: &str) -> Result<SharedKey, String> {
+    match s.split_once('=') {
+        Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
+            Ok(SharedKey { id: id.into(), secret: Secret::new(secret) })
+        }
+        _ => Err("write ID=SECRET".into()),
+    }
+}
+
+fn parse_header_name(s: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::try_from(s).map_err(|_| "not a valid header name".into())
 }
 
 /// One key for the admin API: `Authorization: Bearer ID:SECRET`. `Debug` masks the secret.
@@ -202,6 +282,14 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub api_keys: Vec<ApiKey>,
+    pub signed_paths: Vec<String>,
+    pub twilio_auth_tokens: Vec<Secret>,
+    pub twilio_shared_keys: Vec<SharedKey>,
+    pub twilio_signature: SignatureMode,
+    /// `scheme://host[:port]`, without a trailing slash.
+    pub public_url: Option<String>,
+    pub gate_signing_secret: Option<Secret>,
+    pub gate_signature_header: http::HeaderName,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,19 +298,31 @@ pub enum SettingsError {
     MissingUpstream,
     #[error("invalid --upstream {0}")]
     Upstream(String),
-    #[error("invalid --voice-path {0:?}: a path starts with / and has no query")]
-    VoicePath(String),
+    #[error("invalid path {0:?}: a path starts with / and has no query")]
+    Path(String),
+    #[error("--twilio-signature enforce needs --twilio-auth-token or --twilio-shared-key")]
+    EnforceWithoutKeys,
+    #[error("invalid --public-url {0:?}: write scheme://host[:port] (http or https, no path)")]
+    PublicUrl(String),
 }
 
 impl Settings {
     pub fn from_args(args: ServeArgs) -> Result<Settings, SettingsError> {
         let upstream = args.upstream.as_deref().ok_or(SettingsError::MissingUpstream)?;
         let upstream = Upstream::parse(upstream)?;
-        for p in &args.voice_paths {
+        for p in args.voice_paths.iter().chain(&args.signed_paths) {
             if !p.starts_with('/') || p.contains('?') || p.contains('#') {
-                return Err(SettingsError::VoicePath(p.clone()));
+                return Err(SettingsError::Path(p.clone()));
             }
         }
+        let has_keys = !args.twilio_auth_tokens.is_empty() || !args.twilio_shared_keys.is_empty();
+        let twilio_signature = match args.twilio_signature {
+            Some(SignatureMode::Enforce) if !has_keys => return Err(SettingsError::EnforceWithoutKeys),
+            Some(mode) => mode,
+            None if has_keys => SignatureMode::Enforce,
+            None => SignatureMode::Off,
+        };
+        let public_url = args.public_url.map(|u| check_public_url(&u)).transpose()?;
         Ok(Settings {
             listen: args.listen,
             admin_listen: args.admin_listen,
@@ -239,6 +339,13 @@ impl Settings {
             log_format: args.log_format,
             shutdown_grace: args.shutdown_grace,
             api_keys: args.api_keys,
+            signed_paths: args.signed_paths,
+            twilio_auth_tokens: args.twilio_auth_tokens,
+            twilio_shared_keys: args.twilio_shared_keys,
+            twilio_signature,
+            public_url,
+            gate_signing_secret: args.gate_signing_secret,
+            gate_signature_header: args.gate_signature_header,
         })
     }
 
@@ -251,6 +358,18 @@ impl Settings {
         s.allow_insecure_gates = true;
         Ok(s)
     }
+}
+
+/// `scheme://host[:port]`: http or https, a host, nothing else.
+fn check_public_url(s: &str) -> Result<String, SettingsError> {
+    let bad = || SettingsError::PublicUrl(s.to_owned());
+    let uri: http::Uri = s.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let path_ok = matches!(uri.path(), "" | "/");
+    if !scheme_ok || uri.authority().is_none() || !path_ok || uri.query().is_some() || s.contains('@') {
+        return Err(bad());
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 impl ServeArgs {

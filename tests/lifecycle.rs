@@ -47,7 +47,8 @@ async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
 #[tokio::test]
 async fn a_slow_call_past_the_grace_is_cut_off_and_the_process_still_exits_0() {
     let engine = Stub::start(Reply::json("").delay(Duration::from_secs(10))).await;
-    let mut cg = Binary::spawn("{}", &engine.url(""), &["--shutdown-grace", "500ms", "--upstream-timeout", "20s"]);
+    let mut cg =
+        Binary::spawn("{}", &engine.url(""), &["--shutdown-grace", "500ms", "--upstream-timeout", "20s"]);
     let url = cg.url("/twilio/status");
     let in_flight = tokio::spawn(async move { get(&url).await.is_ok() });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -63,7 +64,8 @@ async fn a_slow_call_past_the_grace_is_cut_off_and_the_process_still_exits_0() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let engine = Stub::start(Reply::json("").delay(Duration::from_secs(10))).await;
-    let mut cg = Binary::spawn("{}", &engine.url(""), &["--shutdown-grace", "30s", "--upstream-timeout", "20s"]);
+    let mut cg =
+        Binary::spawn("{}", &engine.url(""), &["--shutdown-grace", "30s", "--upstream-timeout", "20s"]);
     let url = cg.url("/twilio/status");
     let _in_flight = tokio::spawn(async move { get(&url).await.is_ok() });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -97,7 +99,8 @@ async fn a_media_stream_in_flight_may_finish_within_the_grace() {
     });
     let mut cg = Binary::spawn("{}", &format!("http://{engine_addr}"), &["--shutdown-grace", "10s"]);
     let stream = tokio::net::TcpStream::connect(cg.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/media", cg.addr), stream).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/media", cg.addr), stream).await.unwrap();
     ws.send(Message::Text("before".into())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text("before".into()));
 

@@ -2,6 +2,7 @@
 //! read the body (413) → parse the form (400) → gate only inbound ringing calls (400 without
 //! `To`) → resolve one gate from one routes snapshot → ask it → reject with TwiML, or forward.
 
+pub mod signature;
 pub mod twilio;
 pub mod twiml;
 
@@ -19,13 +20,18 @@ use crate::error::RequestError;
 use crate::gate::{GateDecision, GateRequest};
 use crate::metrics::{Decision, GateResult};
 use crate::routes::{Gate, OnFailure, Source};
+use crate::settings::SignatureMode;
 use crate::App;
 use crate::ResBody;
-use twilio::{parse_form, CallParams};
+use signature::{signed_url, SignedBody};
+use twilio::{parse_form, CallParams, Params};
 
 /// Largest body accepted on a voice or signed path.
 pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 
+const X_TWILIO_SIGNATURE: HeaderName = HeaderName::from_static("x-twilio-signature");
+const X_TWILIO_SIGNATURE_SETTINGS: HeaderName =
+    HeaderName::from_static("x-twilio-webhooks-signature-settings");
 const X_CALLGATE_DECISION: HeaderName = HeaderName::from_static("x-callgate-decision");
 const X_CALLGATE_AGENT_ID: HeaderName = HeaderName::from_static("x-callgate-agent-id");
 
@@ -44,18 +50,12 @@ pub async fn handle(
     let body = read_body(&parts.headers, body).await?;
     // The query lives in the URI; keep our own handle on it so `parts` can move on.
     let uri = parts.uri.clone();
-    let form: &[u8] = if parts.method == Method::GET {
-        uri.query().unwrap_or("").as_bytes()
-    } else if is_form(&parts.headers) {
-        &body
-    } else {
-        b""
-    };
-    let params = parse_form(form)?;
+    let (params, carrier) = parse_params(&parts, &uri, &body)?;
+    verify_signature(app, &parts, peer, carrier.signed(&params, &body))?;
     let call = CallParams::from_params(&params);
     if !call.is_inbound_ringing() {
         let request = Request::from_parts(parts, Either::Left(Full::new(body.clone())));
-        return app.forward_voice(request, peer, "not_gated", None, waits).await;
+        return app.forward_buffered(request, peer, Some(("not_gated", None)), waits).await;
     }
     let to = call.to.ok_or(RequestError::MissingTo)?;
 
@@ -72,8 +72,94 @@ pub async fn handle(
         Decision::Accept | Decision::FailOpen | Decision::NoGate => {
             let request = Request::from_parts(parts, Either::Left(Full::new(body.clone())));
             let label = outcome.decision.as_str();
-            app.forward_voice(request, peer, label, agent_id.as_deref(), waits).await
+            app.forward_buffered(request, peer, Some((label, agent_id.as_deref())), waits).await
         }
+    }
+}
+
+/// Handles one request to a signed path: the same body limit, form and signature checks as a
+/// voice path, then forwarded ungated.
+pub async fn handle_signed(
+    app: &App,
+    request: Request<Incoming>,
+    peer: Peer,
+    waits: &mut Waits,
+) -> Result<Response<ResBody>, RequestError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body).await?;
+    let uri = parts.uri.clone();
+    let (params, carrier) = parse_params(&parts, &uri, &body)?;
+    verify_signature(app, &parts, peer, carrier.signed(&params, &body))?;
+    drop(params);
+    let request = Request::from_parts(parts, Either::Left(Full::new(body)));
+    app.forward_buffered(request, peer, None, waits).await
+}
+
+/// Where a webhook's parameters came from, which decides what its signature covers.
+#[derive(Clone, Copy)]
+enum Carrier {
+    /// A GET's query: the URL alone is signed.
+    Query,
+    /// A form body: its decoded parameters are appended to the URL.
+    Form,
+    /// A JSON body: covered by the URL's `bodySHA256`.
+    Json,
+}
+
+impl Carrier {
+    fn signed<'a>(self, params: &'a Params<'a>, body: &'a [u8]) -> SignedBody<'a> {
+        match self {
+            Carrier::Query => SignedBody::Nothing,
+            Carrier::Form => SignedBody::Form(params),
+            Carrier::Json => SignedBody::Json(body),
+        }
+    }
+}
+
+/// The webhook's parameters (a GET's query, a POST's form; none for a JSON body). Twilio sends
+/// every POST as a form: any body but JSON is read as one, so a URL-only signature can never
+/// carry a forged body.
+fn parse_params<'b>(
+    parts: &http::request::Parts,
+    uri: &'b http::Uri,
+    body: &'b [u8],
+) -> Result<(Params<'b>, Carrier), RequestError> {
+    if parts.method == Method::GET || parts.method == Method::HEAD {
+        Ok((parse_form(uri.query().unwrap_or("").as_bytes())?, Carrier::Query))
+    } else if is_json(&parts.headers) {
+        Ok((Vec::new(), Carrier::Json))
+    } else {
+        Ok((parse_form(body)?, Carrier::Form))
+    }
+}
+
+/// Checks `X-Twilio-Signature` as `--twilio-signature` says: off, report (count, log, let
+/// through) or enforce (403).
+fn verify_signature(
+    app: &App,
+    parts: &http::request::Parts,
+    peer: Peer,
+    body: SignedBody<'_>,
+) -> Result<(), RequestError> {
+    let Some(verifier) = &app.verifier else { return Ok(()) };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = signed_url(app.settings.public_url.as_deref(), peer.tls, &parts.headers, path_and_query);
+    let signature = parts.headers.get(X_TWILIO_SIGNATURE).map(HeaderValue::as_bytes);
+    let settings = parts.headers.get(X_TWILIO_SIGNATURE_SETTINGS).map(HeaderValue::as_bytes);
+    let Err(e) = verifier.verify(&url, body, signature, settings) else { return Ok(()) };
+    app.metrics.record_signature_failure();
+    let enforce = app.settings.twilio_signature == SignatureMode::Enforce;
+    tracing::warn!(
+        path = parts.uri.path(),
+        reason = e.as_str(),
+        peer = %peer.addr.ip(),
+        action = if enforce { "refused" } else { "let through (report mode)" },
+        "X-Twilio-Signature did not validate"
+    );
+    if enforce {
+        Err(RequestError::Signature(e))
+    } else {
+        Ok(())
     }
 }
 
@@ -173,11 +259,11 @@ pub async fn read_body(headers: &http::HeaderMap, body: Incoming) -> Result<Byte
     }
 }
 
-fn is_form(headers: &http::HeaderMap) -> bool {
-    // Twilio always sends a form; a body without a content type is read as one too.
-    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_none_or(|v| {
-        v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
-    })
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Sets callgate's own headers on a voice request bound for the engine.

@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`settings`]: flags and environment → validated [`settings::Settings`].
-//! - [`server`]: accept loops, connection limits and timeouts, the graceful drain.
+//! - [`server`]: accept loops, connection limits, the graceful drain; [`conn`] keeps the
+//!   header and idle timeouts; [`tls`] serves HTTPS and reloads renewed certificates.
 //! - [`app`]: the state requests share and the two ways out to the engine.
 //! - [`webhook`]: the voice webhook; the only place that orders a call's phases.
 //!   [`webhook::twilio`] parses Twilio's form, [`webhook::signature`] checks
@@ -22,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod conn;
 pub mod demo;
 pub mod engine;
 pub mod error;
@@ -60,6 +62,15 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Serves on `listeners` until `shutdown` completes, then drains and returns.
 ///
 /// The admin listener answers first (`/readyz` 503) while the routes file loads; the public
@@ -71,6 +82,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let options = ValidateOptions { allow_insecure_gates: settings.allow_insecure_gates };
     let metrics = metrics::get();
+    let server_tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key)?),
+        _ => None,
+    };
     let routes = Arc::new(RouteStore::new(RouteTable::empty()));
     let (writer, loaded) = Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics);
     let signer = settings
@@ -78,7 +93,7 @@ pub async fn run(
         .as_ref()
         .map(|secret| Signer::new(secret.expose().as_bytes(), settings.gate_signature_header.clone()));
     let gate = GateClient::new(
-        tls::gate_client_config()?,
+        tls::gate_client_config(settings.gate_ca_file.as_deref())?,
         settings.gate_timeout,
         settings.gate_max_pending as usize,
         signer,
@@ -106,7 +121,8 @@ pub async fn run(
         voice_paths = ?app.settings.voice_paths,
         "callgate serving"
     );
-    server::serve(app, listeners.public, shutdown).await;
+    let _tls_watch = server_tls.as_ref().map(|t| AbortOnDrop(t.watch(metrics)));
+    server::serve(app, listeners.public, server_tls.map(|t| t.acceptor), shutdown).await;
     admin.stop().await;
     Ok(())
 }

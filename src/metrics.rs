@@ -93,6 +93,8 @@ pub struct Metrics {
     last_reload_success: Gauge,
     admin_writes_ok: Counter,
     admin_writes_error: Counter,
+    tls_reloads_ok: Counter,
+    tls_reloads_error: Counter,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -135,10 +137,9 @@ impl Metrics {
             last_reload_success: metrics::gauge!("callgate_routes_last_reload_success"),
             admin_writes_ok: metrics::counter!("callgate_admin_writes_total", "result" => "ok"),
             admin_writes_error: metrics::counter!("callgate_admin_writes_total", "result" => "error"),
+            tls_reloads_ok: metrics::counter!("callgate_tls_reloads_total", "result" => "ok"),
+            tls_reloads_error: metrics::counter!("callgate_tls_reloads_total", "result" => "error"),
         };
-        for r in ["ok", "error"] {
-            metrics::counter!("callgate_tls_reloads_total", "result" => r).absolute(0);
-        }
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
         for c in m.inbound.iter().chain(&m.gate_failures).chain(&m.upstream_errors) {
@@ -201,6 +202,14 @@ impl Metrics {
     pub fn record_table(&self, agents: usize, numbers: usize) {
         self.entries_agent.set(agents as f64);
         self.entries_number.set(numbers as f64);
+    }
+
+    pub fn record_tls_reload(&self, ok: bool) {
+        if ok {
+            self.tls_reloads_ok.increment(1);
+        } else {
+            self.tls_reloads_error.increment(1);
+        }
     }
 
     pub fn record_admin_write(&self, ok: bool) {

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,10 +19,12 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::conn::{Activity, Tracked, Verdict};
 use crate::engine::Peer;
 use crate::metrics::Route;
 use crate::webhook::{self, Waits};
 use crate::{admin, ResBody};
+use tokio_rustls::TlsAcceptor;
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -59,12 +61,11 @@ impl AdminServer {
     pub fn start(app: Arc<App>, listener: TcpListener) -> AdminServer {
         let addr = listener.local_addr().expect("a bound listener has an address");
         let (stop, stopped) = watch::channel(false);
-        let builder = connection_builder(&app);
-        let task =
-            tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), 1024, builder, move |_peer| {
-                let app = Arc::clone(&app);
-                move |request| admin::handle(Arc::clone(&app), request)
-            }));
+        let limits = Limits { max_connections: 1024, ..Limits::from_settings(&app.settings, None) };
+        let task = tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), limits, move |_peer| {
+            let app = Arc::clone(&app);
+            move |request| admin::handle(Arc::clone(&app), request)
+        }));
         AdminServer { addr, stop, task }
     }
 
@@ -80,16 +81,19 @@ impl AdminServer {
 
 /// Serves the public listener until `shutdown` completes, then drains: readiness is withdrawn,
 /// accepting stops, requests and upgraded streams in flight get `--shutdown-grace` to finish.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_public, public_stopped) = watch::channel(false);
     let connections = TaskTracker::new();
-    let builder = connection_builder(&app);
     let public = tokio::spawn(accept_loop(
         listener,
         public_stopped,
         connections.clone(),
-        app.settings.max_connections as usize,
-        builder,
+        Limits::from_settings(&app.settings, tls),
         {
             let app = Arc::clone(&app);
             move |peer| {
@@ -122,15 +126,33 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     }
 }
 
-fn connection_builder(app: &App) -> auto::Builder<TokioExecutor> {
+fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(app.settings.header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
+    // Header and idle limits are kept by the connection watchdog (see `conn`), not hyper's
+    // header timer, which would also end keep-alive connections waiting for their next request.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HEADER_BYTES);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
+}
+
+/// What every connection on one listener is held to.
+#[derive(Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Limits {
+    fn from_settings(settings: &crate::settings::Settings, tls: Option<TlsAcceptor>) -> Limits {
+        Limits {
+            header_timeout: settings.header_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_connections: settings.max_connections as usize,
+            tls,
+        }
+    }
 }
 
 /// Accepts until `stopped` turns true, serving each connection with the service `make(peer)`.
@@ -138,15 +160,15 @@ async fn accept_loop<M, S, F>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     connections: TaskTracker,
-    max_connections: usize,
-    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
     make: M,
 ) where
     M: Fn(Peer) -> S,
-    S: Fn(Request<Incoming>) -> F + Send + 'static,
+    S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ResBody>> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(max_connections));
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
+    let builder = connection_builder();
     loop {
         // At the limit, stop accepting until a connection closes (the kernel queues the rest).
         let permit = tokio::select! {
@@ -159,18 +181,35 @@ async fn accept_loop<M, S, F>(
                 Err(e) => {
                     // EMFILE and friends: back off briefly rather than spin.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop_signal(&mut stopped) => return,
         };
         let _ = stream.set_nodelay(true);
-        let service = make(Peer { addr, tls: false });
-        let builder = builder.clone();
-        let stopped = stopped.clone();
+        let service = make(Peer { addr, tls: limits.tls.is_some() });
+        let (builder, stopped, limits) = (builder.clone(), stopped.clone(), limits.clone());
         connections.spawn(async move {
-            serve_connection(TokioIo::new(stream), builder, service, stopped).await;
+            let activity = Activity::new();
+            let stream = Tracked::new(stream, Arc::clone(&activity));
+            match &limits.tls {
+                None => {
+                    serve_connection(TokioIo::new(stream), activity, &limits, builder, service, stopped).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            serve_connection(TokioIo::new(tls), activity, &limits, builder, service, stopped)
+                                .await
+                        }
+                        Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            tracing::debug!(peer = %addr, "TLS handshake not done within the header timeout")
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -178,25 +217,50 @@ async fn accept_loop<M, S, F>(
 
 async fn serve_connection<I, S, F>(
     io: TokioIo<I>,
+    activity: Arc<Activity>,
+    limits: &Limits,
     builder: auto::Builder<TokioExecutor>,
     service: S,
     mut stopped: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Fn(Request<Incoming>) -> F + Send + 'static,
+    S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ResBody>> + Send + 'static,
 {
-    let service = service_fn(move |request| {
-        let response = service(request);
-        async move { Ok::<_, Infallible>(response.await) }
-    });
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |request| {
+            activity.request_started();
+            let response = service(request);
+            let activity = Arc::clone(&activity);
+            async move {
+                let response = response.await;
+                activity.request_finished();
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stop_signal(&mut stopped) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+    let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1));
+    let mut watchdog = tokio::time::interval(tick);
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = stop_signal(&mut stopped) => {
+                connection.as_mut().graceful_shutdown();
+                break connection.await;
+            }
+            _ = watchdog.tick() => match activity.verdict(limits.header_timeout, limits.idle_timeout) {
+                Verdict::Keep => {}
+                // Dropping the connection closes the socket; nothing is in flight on it.
+                Verdict::SlowHead => {
+                    tracing::debug!("request head not received within the header timeout; closing");
+                    return;
+                }
+                Verdict::Idle => return,
+            },
         }
     };
     if let Err(e) = result {

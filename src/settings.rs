@@ -126,6 +126,15 @@ pub struct ServeArgs {
     /// Header carrying the gate request signature.
     #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]
     pub gate_signature_header: http::HeaderName,
+    /// Extra roots for gate TLS (private CAs), beside the bundled public roots.
+    #[arg(long, env = "CALLGATE_GATE_CA_FILE")]
+    pub gate_ca_file: Option<PathBuf>,
+    /// Serve HTTPS on --listen with this certificate chain (PEM); reloaded when it changes.
+    #[arg(long, env = "CALLGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, env = "CALLGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Keys for the admin API, ID:SECRET; with none, the admin API answers 401.
     #[arg(long = "api-key", env = "CALLGATE_API_KEYS", value_delimiter = ',', value_parser = parse_api_key)]
     pub api_keys: Vec<ApiKey>,
@@ -290,6 +299,9 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub gate_signing_secret: Option<Secret>,
     pub gate_signature_header: http::HeaderName,
+    pub gate_ca_file: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,6 +314,8 @@ pub enum SettingsError {
     Path(String),
     #[error("--twilio-signature enforce needs --twilio-auth-token or --twilio-shared-key")]
     EnforceWithoutKeys,
+    #[error("--tls-cert and --tls-key go together")]
+    TlsPair,
     #[error("invalid --public-url {0:?}: write scheme://host[:port] (http or https, no path)")]
     PublicUrl(String),
 }
@@ -322,6 +336,9 @@ impl Settings {
             None if has_keys => SignatureMode::Enforce,
             None => SignatureMode::Off,
         };
+        if args.tls_cert.is_some() != args.tls_key.is_some() {
+            return Err(SettingsError::TlsPair);
+        }
         let public_url = args.public_url.map(|u| check_public_url(&u)).transpose()?;
         Ok(Settings {
             listen: args.listen,
@@ -346,6 +363,9 @@ impl Settings {
             public_url,
             gate_signing_secret: args.gate_signing_secret,
             gate_signature_header: args.gate_signature_header,
+            gate_ca_file: args.gate_ca_file,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
         })
     }
 

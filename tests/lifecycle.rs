@@ -129,7 +129,19 @@ async fn json_decision_lines_carry_the_specs_fields_and_no_secrets() {
         "agents": {"agent_a": {"gate": {"url": gate.url("/precall?token=S3CRET")}}},
         "numbers": {TO: {"agent_id": "agent_a"}}
     });
-    let cg = Binary::spawn(&routes.to_string(), &engine.url(""), &["--api-key", "kid2:APISECRET"]);
+    let secrets = [
+        "--api-key",
+        "kid2:APISECRET",
+        "--twilio-auth-token",
+        "TOKENSECRET",
+        "--twilio-shared-key",
+        "KS1=SHAREDSECRET",
+        "--twilio-signature",
+        "report",
+        "--gate-signing-secret",
+        "GATESIGNINGSECRET",
+    ];
+    let cg = Binary::spawn(&routes.to_string(), &engine.url(""), &secrets);
     post_form(&cg.url("/twilio/voice"), &ringing(TO)).await;
     post_form(&cg.url("/twilio/voice"), &ringing("+15005550000")).await;
     let lines = cg.logs_with("call decided");
@@ -150,7 +162,8 @@ async fn json_decision_lines_carry_the_specs_fields_and_no_secrets() {
 
     let all = serde_json::to_string(&*cg.logs.lock().unwrap()).unwrap();
     assert!(!all.contains("unparsed"), "every line is JSON");
-    for secret in ["S3CRET", "APISECRET", "ksecret"] {
+    assert!(all.contains("X-Twilio-Signature did not validate"), "report mode logged the unsigned calls");
+    for secret in ["S3CRET", "APISECRET", "ksecret", "TOKENSECRET", "SHAREDSECRET", "GATESIGNINGSECRET"] {
         assert!(!all.contains(secret), "{secret} in the logs");
     }
     let bound = cg.wait_for_log("listeners bound");

@@ -1,0 +1,176 @@
+//! Per-connection time limits. A connection is cut off when a request head (or the TLS
+//! handshake) takes longer than `--header-timeout` to arrive, and closed when it sits idle
+//! between requests longer than `--idle-timeout`. hyper's own header timer also runs while a
+//! keep-alive connection waits for its next request, which would make the idle limit the
+//! header limit; this module keeps the two apart.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Timestamps are milliseconds since the connection opened, plus one (0 means "none").
+pub struct Activity {
+    opened: Instant,
+    last: AtomicU64,
+    head_since: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+/// What the watchdog decides about a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// A request head has been arriving for longer than the header timeout.
+    SlowHead,
+    /// No request in flight and no byte either way for longer than the idle timeout.
+    Idle,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            opened: Instant::now(),
+            last: AtomicU64::new(1),
+            // The first request head is awaited from the moment the connection opens.
+            head_since: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.opened.elapsed().as_millis() as u64 + 1
+    }
+
+    fn read(&self) {
+        let now = self.now();
+        self.last.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            // Bytes with no request in flight start the next head, if not already started.
+            let _ = self.head_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// A complete request head reached the service.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(0, Ordering::Relaxed);
+    }
+
+    /// The response head went out.
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.wrote();
+    }
+
+    pub fn verdict(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+        let now = self.now();
+        let head_since = self.head_since.load(Ordering::Relaxed);
+        if head_since != 0 && now.saturating_sub(head_since) > header_timeout.as_millis() as u64 {
+            return Verdict::SlowHead;
+        }
+        let quiet = now.saturating_sub(self.last.load(Ordering::Relaxed));
+        if self.in_flight.load(Ordering::Relaxed) == 0 && quiet > idle_timeout.as_millis() as u64 {
+            return Verdict::Idle;
+        }
+        Verdict::Keep
+    }
+}
+
+/// An I/O stream that reports its reads and writes to an [`Activity`].
+pub struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Tracked<I> {
+    pub fn new(inner: I, activity: Arc<Activity>) -> Tracked<I> {
+        Tracked { inner, activity }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_in_progress_past_the_header_timeout_is_slow() {
+        let a = Activity::new();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(a.verdict(Duration::from_millis(10), Duration::from_secs(60)), Verdict::SlowHead);
+        a.request_started();
+        assert_eq!(a.verdict(Duration::from_millis(10), Duration::from_secs(60)), Verdict::Keep);
+    }
+
+    #[test]
+    fn a_quiet_connection_with_nothing_in_flight_is_idle() {
+        let a = Activity::new();
+        a.request_started();
+        a.request_finished();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(a.verdict(Duration::from_secs(10), Duration::from_millis(10)), Verdict::Idle);
+        a.request_started();
+        assert_eq!(
+            a.verdict(Duration::from_secs(10), Duration::from_millis(10)),
+            Verdict::Keep,
+            "busy, not idle"
+        );
+    }
+}

@@ -369,7 +369,8 @@ impl Settings {
         })
     }
 
-    /// Settings for tests and the demo: everything at its default, on loopback port 0.
+    /// Settings for tests and the demo: defaults, both listeners on loopback port 0, and
+    /// http:// gates allowed.
     pub fn local(upstream: &str, routes: PathBuf) -> Result<Settings, SettingsError> {
         let args = ServeArgs::parse_from_defaults();
         let mut s = Settings::from_args(ServeArgs { upstream: Some(upstream.to_owned()), routes, ..args })?;
@@ -393,7 +394,7 @@ fn check_public_url(s: &str) -> Result<String, SettingsError> {
 }
 
 impl ServeArgs {
-    /// Every flag at its documented default, ignoring the environment.
+    /// Every flag at its default, or its environment variable where one is set.
     fn parse_from_defaults() -> ServeArgs {
         #[derive(Parser)]
         struct Only {

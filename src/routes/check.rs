@@ -8,26 +8,44 @@ use super::RouteTable;
 /// Twilio gives up on a voice webhook after 15 seconds.
 pub const TWILIO_WEBHOOK_CAP: Duration = Duration::from_secs(15);
 
-/// One line per gate whose timeout plus `upstream_timeout` reaches [`TWILIO_WEBHOOK_CAP`].
+/// One line per gate whose timeout plus `upstream_timeout` reaches [`TWILIO_WEBHOOK_CAP`],
+/// sorted by where the gate is.
 pub fn timeout_warnings(
     table: &RouteTable,
     gate_timeout: Duration,
     upstream_timeout: Duration,
 ) -> Vec<String> {
-    let doc = table.to_json();
-    let mut warnings = Vec::new();
-    for kind in ["agents", "numbers"] {
-        let Some(entries) = doc.get(kind).and_then(|e| e.as_object()) else { continue };
-        for (key, entry) in entries {
-            let Some(gate) = entry.get("gate") else { continue };
-            let timeout =
-                gate.get("timeout_ms").and_then(|t| t.as_u64()).map_or(gate_timeout, Duration::from_millis);
-            if timeout + upstream_timeout >= TWILIO_WEBHOOK_CAP {
-                warnings.push(format!(
-                    "{kind}.{key}.gate: timeout {timeout:?} + upstream timeout {upstream_timeout:?} reaches Twilio's 15 s cap; a slow gate and engine together lose the call"
-                ));
-            }
-        }
-    }
+    let mut warnings: Vec<String> = table
+        .gates()
+        .filter_map(|(place, gate)| {
+            let timeout = gate.timeout_ms().map_or(gate_timeout, |ms| Duration::from_millis(u64::from(ms)));
+            (timeout + upstream_timeout >= TWILIO_WEBHOOK_CAP).then(|| {
+                format!(
+                    "{place}: timeout {timeout:?} + upstream timeout {upstream_timeout:?} reaches Twilio's 15 s cap; \
+                     a slow gate and engine together lose the call"
+                )
+            })
+        })
+        .collect();
+    warnings.sort();
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ValidateOptions;
+
+    #[test]
+    fn warns_for_each_gate_that_reaches_the_cap() {
+        let json = r#"{"agents": {"a": {"gate": {"url": "https://g.example/a"}}},
+                       "numbers": {"+15005550006": {"gate": {"url": "https://g.example/n", "timeout_ms": 6000}},
+                                   "+15005550007": {"gate": {"url": "https://g.example/m", "timeout_ms": 1000}}}}"#;
+        let table = RouteTable::parse(json.as_bytes(), &ValidateOptions::default()).unwrap();
+        let warnings = timeout_warnings(&table, Duration::from_secs(5), Duration::from_secs(9));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("numbers.\"+15005550006\".gate: timeout 6s"), "{warnings:?}");
+        let warnings = timeout_warnings(&table, Duration::from_secs(6), Duration::from_secs(9));
+        assert_eq!(warnings.len(), 2, "the default timeout applies to gates without their own");
+    }
 }

@@ -402,6 +402,18 @@ impl RouteTable {
         serde_json::to_value(self).expect("a route table has string keys only")
     }
 
+    /// Every gate in the table, each named by its place in the routes file
+    /// (`agents.ID.gate`, `numbers."+N".gate`).
+    pub fn gates(&self) -> impl Iterator<Item = (String, &Gate)> + '_ {
+        let agents = self.agents.iter().filter_map(|(id, agent)| {
+            agent.gate.as_deref().map(|g| (format!("agents.{}.gate", PathKey(id)), g))
+        });
+        let numbers = self.numbers.iter().filter_map(|(key, entry)| {
+            entry.gate.as_deref().map(|g| (format!("numbers.{}.gate", PathKey(&key.to_string())), g))
+        });
+        agents.chain(numbers)
+    }
+
     pub fn agent_gate(&self, agent_id: &str) -> Option<&Arc<Gate>> {
         self.agents.get(agent_id)?.gate.as_ref()
     }

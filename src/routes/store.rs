@@ -22,8 +22,10 @@ impl RouteStore {
         self.current.load()
     }
 
-    /// Publishes `table` whole; calls already under way keep the snapshot they took.
-    pub fn publish(&self, table: RouteTable) {
-        self.current.store(Arc::new(table));
+    /// Publishes `table` whole; calls already under way keep the snapshot they took. Returns
+    /// the table it replaced, so the caller can choose where a large one is freed.
+    #[must_use = "freeing a large table is blocking work: drop it off the runtime's workers"]
+    pub fn publish(&self, table: RouteTable) -> Arc<RouteTable> {
+        self.current.swap(Arc::new(table))
     }
 }

@@ -141,7 +141,7 @@ impl Task {
         tracing::info!(agents = table.agent_count(), numbers = table.number_count(), "routes loaded");
         self.metrics.record_table(table.agent_count(), table.number_count());
         self.metrics.record_reload(true);
-        self.store.publish(table);
+        retire(self.store.publish(table));
         Ok(())
     }
 
@@ -171,30 +171,25 @@ impl Task {
         }
     }
 
-    async fn apply(&mut self, edits: Vec<(Edit, oneshot::Sender<Result<bool, WriteError>>)>) {
-        let mut table = RouteTable::clone(&self.store.load());
-        let mut answers = Vec::with_capacity(edits.len());
-        for (edit, done) in edits {
-            let had = match edit {
-                Edit::AgentGate { agent_id, gate } => Ok(table.set_agent_gate(&agent_id, gate)),
-                Edit::NumberGate { number, gate } => table.set_number_gate(&number, gate),
-                Edit::NumberAgent { number, agent_id } => {
-                    table.set_number_agent(&number, agent_id.as_deref())
-                }
-            };
-            // Values were validated before queueing; a failure here is a bug, not bad input.
-            answers.push((had.expect("edits are validated before they are queued"), done));
-        }
+    async fn apply(&mut self, jobs: Vec<(Edit, oneshot::Sender<Result<bool, WriteError>>)>) {
+        let (edits, waiting): (Vec<Edit>, Vec<_>) = jobs.into_iter().unzip();
+        let table = RouteTable::clone(&self.store.load());
         let path = self.path.clone();
-        let saved = tokio::task::spawn_blocking(move || save(&path, &table).map(|content| (table, content)))
-            .await
-            .expect("the save task does not panic");
+        // Copying a large table and writing it out are blocking work: keep them off the
+        // runtime's workers, which serve calls.
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut table = table;
+            let had: Vec<bool> = edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
+            save(&path, &table).map(|content| (table, content, had))
+        })
+        .await
+        .expect("the save task does not panic");
         match saved {
-            Ok((table, content)) => {
+            Ok((table, content, had)) => {
                 self.metrics.record_table(table.agent_count(), table.number_count());
-                self.store.publish(table);
+                retire(self.store.publish(table));
                 self.content = Some(content);
-                for (had, done) in answers {
+                for (had, done) in had.into_iter().zip(waiting) {
                     self.metrics.record_admin_write(true);
                     let _ = done.send(Ok(had));
                 }
@@ -202,7 +197,7 @@ impl Task {
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "admin write not saved; nothing changed");
                 let read_only = is_read_only(&e);
-                for (_, done) in answers {
+                for done in waiting {
                     self.metrics.record_admin_write(false);
                     let err = std::io::Error::new(e.kind(), e.to_string());
                     let _ = done.send(Err(if read_only {
@@ -241,7 +236,7 @@ impl Task {
                 );
                 self.metrics.record_table(table.agent_count(), table.number_count());
                 self.metrics.record_reload(true);
-                self.store.publish(table);
+                retire(self.store.publish(table));
                 self.content = Some(content);
             }
             Err(reason) => {
@@ -250,6 +245,23 @@ impl Task {
             }
         }
     }
+}
+
+/// Frees a replaced table on the blocking pool: at a million numbers that is real work, and
+/// the runtime's workers serve calls.
+fn retire(old: Arc<RouteTable>) {
+    tokio::task::spawn_blocking(move || drop(old));
+}
+
+/// Applies one edit; `true` if it replaced or removed something that was set.
+fn apply_one(table: &mut RouteTable, edit: Edit) -> bool {
+    let had = match edit {
+        Edit::AgentGate { agent_id, gate } => Ok(table.set_agent_gate(&agent_id, gate)),
+        Edit::NumberGate { number, gate } => table.set_number_gate(&number, gate),
+        Edit::NumberAgent { number, agent_id } => table.set_number_agent(&number, agent_id.as_deref()),
+    };
+    // Values are validated before they are queued; a failure here is a bug, not bad input.
+    had.expect("edits are validated before they are queued")
 }
 
 /// What a file's content is known by: its length and a hash (not a security boundary: a

@@ -1,6 +1,7 @@
 //! The state every request shares (settings, the routes store, the gate and engine clients,
 //! readiness) and the two ways a request leaves callgate for the engine.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,41 @@ use crate::webhook::signature::Verifier;
 use crate::webhook::{self, Waits};
 use crate::ResBody;
 
+/// What a public-listener path is to callgate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// A voice path: signature-checked, inbound ringing calls gated.
+    Voice,
+    /// A signed path: signature-checked, not gated.
+    Signed,
+    /// Anything else: passed through.
+    Other,
+}
+
+/// A path in the form used to compare it with the configured ones: percent-escapes of
+/// unreserved characters decoded, ASCII lower case, repeated slashes collapsed, no trailing
+/// slash. Borrowed when the path is already in that form (the usual case).
+pub fn canonical_path(path: &str) -> Cow<'_, str> {
+    let plain = !path.contains('%')
+        && !path.contains("//")
+        && !(path.len() > 1 && path.ends_with('/'))
+        && !path.bytes().any(|b| b.is_ascii_uppercase());
+    if plain {
+        return Cow::Borrowed(path);
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
+    let decoded = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+    let mut out = String::with_capacity(decoded.len());
+    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
 /// Shared by every connection on both listeners.
 pub struct App {
     pub settings: Settings,
@@ -33,6 +69,9 @@ pub struct App {
     pub metrics: &'static Metrics,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
     pub verifier: Option<Verifier>,
+    /// `--voice-path`s and `--signed-path`s in canonical form.
+    voice_paths: Vec<String>,
+    signed_paths: Vec<String>,
     /// Upgraded streams in flight (also held by the engine), drained on shutdown.
     pub streams: TaskTracker,
     ready: AtomicBool,
@@ -58,6 +97,9 @@ impl App {
                     .collect(),
             )
         });
+        let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
+        let voice_paths = canonical(&settings.voice_paths);
+        let signed_paths = canonical(&settings.signed_paths);
         App {
             settings,
             routes,
@@ -66,6 +108,8 @@ impl App {
             engine,
             metrics,
             verifier,
+            voice_paths,
+            signed_paths,
             streams,
             ready: AtomicBool::new(false),
         }
@@ -83,12 +127,18 @@ impl App {
         self.ready.store(ready, Ordering::Release);
     }
 
-    pub fn is_voice_path(&self, path: &str) -> bool {
-        self.settings.voice_paths.iter().any(|p| p == path)
-    }
-
-    pub fn is_signed_path(&self, path: &str) -> bool {
-        self.settings.signed_paths.iter().any(|p| p == path)
+    /// Which listed path `path` is, if any. Paths are compared in a canonical form, so that a
+    /// spelling an engine may route the same way (`/Twilio/Voice/`, `//twilio/voice`,
+    /// `/twilio/%76oice`) cannot skip the signature check or the gate.
+    pub fn path_kind(&self, path: &str) -> PathKind {
+        let path = canonical_path(path);
+        if self.voice_paths.iter().any(|p| *p == path) {
+            PathKind::Voice
+        } else if self.signed_paths.iter().any(|p| *p == path) {
+            PathKind::Signed
+        } else {
+            PathKind::Other
+        }
     }
 
     /// Forwards a request whose body callgate has read, with callgate's decision headers set
@@ -145,5 +195,27 @@ impl App {
                 Err(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_path;
+
+    #[test]
+    fn near_miss_spellings_of_a_path_are_the_same_path() {
+        for path in [
+            "/twilio/voice",
+            "/twilio/voice/",
+            "/Twilio/Voice",
+            "//twilio//voice",
+            "/twilio/%76oice",
+            "/TWILIO/voice//",
+        ] {
+            assert_eq!(canonical_path(path), "/twilio/voice", "{path}");
+        }
+        assert!(matches!(canonical_path("/twilio/voice"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(canonical_path("/"), "/");
+        assert_ne!(canonical_path("/twilio/voices"), "/twilio/voice");
     }
 }

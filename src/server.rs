@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
+use crate::app::{App, PathKind};
 use crate::conn::{Activity, Tracked, Verdict};
 use crate::engine::Peer;
 use crate::metrics::Route;
@@ -277,13 +277,10 @@ async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
 async fn handle_public(app: Arc<App>, request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
     let started = Instant::now();
     let mut waits = Waits::default();
-    let path = request.uri().path();
-    let (route, result) = if app.is_voice_path(path) {
-        (Route::Voice, webhook::handle(&app, request, peer, &mut waits).await)
-    } else if app.is_signed_path(path) {
-        (Route::Proxy, webhook::handle_signed(&app, request, peer, &mut waits).await)
-    } else {
-        (Route::Proxy, app.forward_stream(request, peer, &mut waits).await)
+    let (route, result) = match app.path_kind(request.uri().path()) {
+        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, &mut waits).await),
+        PathKind::Signed => (Route::Proxy, webhook::handle_signed(&app, request, peer, &mut waits).await),
+        PathKind::Other => (Route::Proxy, app.forward_stream(request, peer, &mut waits).await),
     };
     let response = result.unwrap_or_else(|e| e.into_response());
     let elapsed = started.elapsed();

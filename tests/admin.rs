@@ -389,3 +389,33 @@ async fn fifty_concurrent_writes_are_all_kept_in_memory_and_on_disk() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(cg.table().await, table);
 }
+
+#[tokio::test]
+async fn saves_keep_the_files_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let (cg, _engine) = callgate().await;
+    std::fs::set_permissions(&cg.routes, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cg.admin("PUT", "/v1/numbers/+447700900123", Some(json!({"agent_id": "agent_a"}))).await;
+    let mode = std::fs::metadata(&cg.routes).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "gate tokens stay private");
+
+    std::fs::remove_file(&cg.routes).unwrap();
+    cg.admin("PUT", "/v1/numbers/+447700900124", Some(json!({"agent_id": "agent_a"}))).await;
+    let mode = std::fs::metadata(&cg.routes).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a new file is private too");
+}
+
+#[tokio::test]
+async fn a_hand_edit_just_before_an_api_write_is_not_written_over() {
+    let (cg, _engine) = callgate().await;
+    std::fs::write(&cg.routes, json!({"numbers": {"+447700900199": {"agent_id": "by_hand"}}}).to_string())
+        .unwrap();
+    // No waiting for the watcher: the write itself takes the edit in first.
+    let (status, _) = cg.admin("PUT", "/v1/numbers/+447700900123", Some(json!({"agent_id": "by_api"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let table = cg.table().await;
+    assert_eq!(table["numbers"]["+447700900199"]["agent_id"], "by_hand");
+    assert_eq!(table["numbers"][TO]["agent_id"], "by_api");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&cg.routes).unwrap()).unwrap();
+    assert_eq!(saved, table);
+}

@@ -186,7 +186,8 @@ async fn engine_errors_are_counted_by_cause() {
 #[tokio::test]
 async fn reloads_and_admin_writes_are_counted() {
     let engine = Stub::start(Reply::json("")).await;
-    let cg = Binary::spawn(&json!({"numbers": {TO: {"agent_id": "a"}}}).to_string(), &engine.url(""), &[]);
+    let original = json!({"numbers": {TO: {"agent_id": "a"}}}).to_string();
+    let cg = Binary::spawn(&original, &engine.url(""), &[]);
     assert_eq!(cg.metric("callgate_routes_entries{kind=\"number\"}").await, 1.0);
     let routes = cg.dir.path().join("routes.json");
 
@@ -199,6 +200,18 @@ async fn reloads_and_admin_writes_are_counted() {
     let failed = cg.logs_with("routes reload failed; the last good table keeps serving");
     assert!(failed[0]["reason"].as_str().unwrap().contains("line 1"), "{failed:?}");
 
+    // Rolling back to the very content in force counts as a good reload again.
+    std::fs::write(&routes, &original).unwrap();
+    eventually(Duration::from_secs(5), || async {
+        cg.metric("callgate_routes_last_reload_success").await == 1.0
+    })
+    .await;
+    std::fs::write(&routes, "{ not json either").unwrap();
+    eventually(Duration::from_secs(5), || async {
+        cg.metric("callgate_routes_reloads_total{result=\"error\"}").await == 2.0
+    })
+    .await;
+
     std::fs::write(
         &routes,
         json!({"agents": {"a": {}}, "numbers": {TO: {}, "+447700900124": {}}}).to_string(),
@@ -208,7 +221,7 @@ async fn reloads_and_admin_writes_are_counted() {
         cg.metric("callgate_routes_last_reload_success").await == 1.0
     })
     .await;
-    assert_eq!(cg.metric("callgate_routes_reloads_total{result=\"ok\"}").await, 2.0);
+    assert_eq!(cg.metric("callgate_routes_reloads_total{result=\"ok\"}").await, 3.0);
     assert_eq!(cg.metric("callgate_routes_entries{kind=\"number\"}").await, 2.0);
     assert_eq!(cg.metric("callgate_routes_entries{kind=\"agent\"}").await, 1.0);
 

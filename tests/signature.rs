@@ -213,3 +213,19 @@ async fn gate_requests_are_signed_with_a_timestamp_and_the_raw_body() {
     mac.update(&seen.body);
     assert_eq!(v1, hex::encode(mac.finalize().into_bytes()));
 }
+
+#[tokio::test]
+async fn near_miss_spellings_of_a_voice_path_are_checked_and_gated_too() {
+    let (cg, gate, engine) = enforcing(&[TOKEN], |_| {}).await;
+    for path in ["/Twilio/Voice", "/twilio/voice/", "//twilio/voice", "/twilio/%76oice"] {
+        let answer = post_form(&cg.url(path), &ringing(TO)).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{path} is the voice path to an engine");
+    }
+    assert_eq!(gate.count() + engine.count(), 0);
+    let url = cg.url("/Twilio/Voice/");
+    let form = ringing(TO);
+    let answer = signed_post(&url, &form, &sign(TOKEN, &url, &form), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(gate.count(), 1, "and gated");
+    assert_eq!(engine.seen()[0].uri, "/Twilio/Voice/", "forwarded as received");
+}

@@ -16,6 +16,10 @@ use super::writer::Writer;
 /// rename, symlink swap) reloads once.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// The longest a burst may postpone a reload: a directory that never falls quiet (a busy
+/// neighbour file) still has its changes loaded within the SPEC's second.
+pub const MAX_DEBOUNCE: Duration = Duration::from_millis(300);
+
 /// How often the file's metadata is compared, in case an event was missed.
 pub const POLL: Duration = Duration::from_millis(500);
 
@@ -60,13 +64,18 @@ impl Drop for WatchGuard {
 
 async fn watch_loop(path: PathBuf, writer: Writer, dirty: Arc<Notify>) {
     let mut seen = stat(&path);
+    // A change made while the first table loaded, before this watcher started, is not missed.
+    writer.reload().await;
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = dirty.notified() => {
-                // Let the burst settle: every further event restarts the quiet time.
-                while tokio::time::timeout(DEBOUNCE, dirty.notified()).await.is_ok() {}
+                // Let the burst settle: every further event restarts the quiet time, up to a limit.
+                let limit = tokio::time::Instant::now() + MAX_DEBOUNCE;
+                while tokio::time::Instant::now() < limit
+                    && tokio::time::timeout(DEBOUNCE, dirty.notified()).await.is_ok()
+                {}
             }
             _ = poll.tick() => {
                 if stat(&path) == seen {

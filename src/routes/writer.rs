@@ -5,6 +5,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ pub enum Edit {
 pub enum LoadError {
     #[error("invalid routes file {path}: {first}{more}", first = .source.problems.first().map_or("", String::as_str), more = more_problems(.source))]
     Invalid { path: String, source: super::RoutesError },
-    #[error("cannot read routes file {path}")]
+    #[error("cannot read routes file {path}: {source}")]
     Read { path: String, source: std::io::Error },
 }
 
@@ -104,6 +105,14 @@ impl Writer {
     }
 }
 
+/// Whether a missing routes file is a failed reload (the watcher saw it go) or nothing to take
+/// in (an admin write is about to create it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    IsAnError,
+    IsFine,
+}
+
 struct Task {
     store: Arc<RouteStore>,
     path: PathBuf,
@@ -160,7 +169,7 @@ impl Task {
                 }
             }
             if !reloads.is_empty() {
-                self.reload().await;
+                self.reload(Missing::IsAnError).await;
                 for done in reloads {
                     let _ = done.send(());
                 }
@@ -172,6 +181,9 @@ impl Task {
     }
 
     async fn apply(&mut self, jobs: Vec<(Edit, oneshot::Sender<Result<bool, WriteError>>)>) {
+        // A hand edit the watcher has not reported yet is taken in first, so the save below does
+        // not write over it: the file's change, then these edits on top.
+        self.reload(Missing::IsFine).await;
         let (edits, waiting): (Vec<Edit>, Vec<_>) = jobs.into_iter().unzip();
         let table = RouteTable::clone(&self.store.load());
         let path = self.path.clone();
@@ -210,13 +222,19 @@ impl Task {
         }
     }
 
-    async fn reload(&mut self) {
+    async fn reload(&mut self, missing: Missing) {
         let path = self.path.clone();
         let options = self.options;
         let previous = self.content;
         let outcome =
             tokio::task::spawn_blocking(move || -> Result<Option<(RouteTable, Fingerprint)>, String> {
-                let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
+                let bytes = match std::fs::read(&path) {
+                    Ok(bytes) => bytes,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing == Missing::IsFine => {
+                        return Ok(None)
+                    }
+                    Err(e) => return Err(format!("cannot read: {e}")),
+                };
                 let content = fingerprint(&bytes);
                 if Some(content) == previous {
                     return Ok(None);
@@ -242,6 +260,9 @@ impl Task {
             Err(reason) => {
                 tracing::error!(path = %self.path.display(), %reason, "routes reload failed; the last good table keeps serving");
                 self.metrics.record_reload(false);
+                // The file no longer says what is in force: when good content comes back, even
+                // the same as before, it is loaded (and counted) again.
+                self.content = None;
             }
         }
     }
@@ -286,8 +307,16 @@ fn save(path: &Path, table: &RouteTable) -> std::io::Result<Fingerprint> {
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let temp = dir.join(format!(".{name}.callgate-{}.tmp", std::process::id()));
+    // The file may hold gate URLs with tokens: the copy keeps the original's permissions (0600
+    // for a new file), never the umask's.
+    let mode =
+        std::fs::metadata(path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
     let written = (|| {
-        let mut file = std::fs::File::create(&temp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode.unwrap_or(0o600))
+            .open(&temp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;

@@ -38,11 +38,11 @@ pub enum PathKind {
 /// unreserved characters decoded, ASCII lower case, repeated slashes collapsed, no trailing
 /// slash. Borrowed when the path is already in that form (the usual case).
 pub fn canonical_path(path: &str) -> Cow<'_, str> {
-    let plain = !path.contains('%')
-        && !path.contains("//")
-        && !(path.len() > 1 && path.ends_with('/'))
-        && !path.bytes().any(|b| b.is_ascii_uppercase());
-    if plain {
+    let needs_work = path.contains('%')
+        || path.contains("//")
+        || (path.len() > 1 && path.ends_with('/'))
+        || path.bytes().any(|b| b.is_ascii_uppercase());
+    if !needs_work {
         return Cow::Borrowed(path);
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();

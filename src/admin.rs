@@ -3,6 +3,7 @@
 //! `{"error":{"code":"...","message":"..."}}`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -97,6 +98,9 @@ fn probe(app: &App, path: &str, method: &Method) -> Response<ResBody> {
 /// The routes of the admin API, after authentication (401 comes before 404).
 async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> {
     authenticate(&app.settings.api_keys, request.headers())?;
+    // Until the first table is in, an answer would describe an empty table (and a write would
+    // be applied to one): wait for it. The load is seconds at most; probes do not wait.
+    let _ = app.table_loaded.subscribe().wait_for(|loaded| *loaded).await;
     let (parts, body) = request.into_parts();
     let segments: Vec<&str> = parts.uri.path().trim_start_matches('/').split('/').collect();
     let method = &parts.method;
@@ -112,7 +116,7 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
                 }
                 Method::GET => {
                     let table = app.routes.load();
-                    Ok(gate_answer("agent_id", &id, table.agent_gate(&id).map(|g| &**g)).into())
+                    Ok(gate_state("agent_id", &id, table.agent_gate(&id).map(|g| &**g)).into())
                 }
                 Method::DELETE => {
                     let deleted =
@@ -133,7 +137,7 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
                 }
                 Method::GET => {
                     let table = app.routes.load();
-                    Ok(gate_answer("phone_number", &number, table.number_gate(&number).map(|g| &**g)).into())
+                    Ok(gate_state("phone_number", &number, table.number_gate(&number).map(|g| &**g)).into())
                 }
                 Method::DELETE => {
                     let deleted =
@@ -147,7 +151,7 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             let number = phone_number(number)?;
             match *method {
                 Method::PUT => {
-                    let agent = read_assignment(&parts.headers, body).await?;
+                    let agent = read_assignment(&parts.headers, body, app.settings.header_timeout).await?;
                     app.writer
                         .edit(Edit::NumberAgent { number: number.clone(), agent_id: Some(agent.clone()) })
                         .await?;
@@ -234,7 +238,7 @@ fn agent_id(segment: &str) -> Result<String, ApiError> {
 }
 
 /// Reads a JSON PUT body: 415 unless `application/json`, 413 over 64 KiB, 400 if not JSON.
-async fn read_json(headers: &HeaderMap, body: Incoming) -> Result<Value, ApiError> {
+async fn read_json(headers: &HeaderMap, body: Incoming, within: Duration) -> Result<Value, ApiError> {
     let json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -254,7 +258,11 @@ async fn read_json(headers: &HeaderMap, body: Incoming) -> Result<Value, ApiErro
     if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+    let collected =
+        tokio::time::timeout(within, Limited::new(body, MAX_ADMIN_BODY).collect()).await.map_err(|_| {
+            api_error(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the body did not arrive in time")
+        })?;
+    let bytes = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(_) => return Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", "could not read the body")),
@@ -265,7 +273,7 @@ async fn read_json(headers: &HeaderMap, body: Incoming) -> Result<Value, ApiErro
 
 /// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?}`, validated.
 async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gate, ApiError> {
-    let value = read_json(headers, body).await?;
+    let value = read_json(headers, body, app.settings.header_timeout).await?;
     let Value::Object(object) = &value else {
         return Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", "the body must be a JSON object"));
     };
@@ -290,13 +298,13 @@ async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gat
 }
 
 /// A number assignment PUT body: `{"agent_id": "..."}`.
-async fn read_assignment(headers: &HeaderMap, body: Incoming) -> Result<String, ApiError> {
+async fn read_assignment(headers: &HeaderMap, body: Incoming, within: Duration) -> Result<String, ApiError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Assignment {
         agent_id: String,
     }
-    let value = read_json(headers, body).await?;
+    let value = read_json(headers, body, within).await?;
     let assignment: Assignment = serde::Deserialize::deserialize(&value)
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_field", scrub(&e.to_string())))?;
     if !validate_agent_id(&assignment.agent_id) {
@@ -311,8 +319,14 @@ fn scrub(message: &str) -> String {
     message.split('"').next().unwrap_or(message).trim_end().to_owned()
 }
 
+/// A GET's answer: `{key: id, "precall_webhook_url": url or null, "is_set"}`.
+fn gate_state(key: &str, id: &str, gate: Option<&Gate>) -> Value {
+    json!({ key: id, "precall_webhook_url": gate.map(Gate::url), "is_set": gate.is_some() })
+}
+
+/// A PUT's answer: the state, plus the options set.
 fn gate_answer(key: &str, id: &str, gate: Option<&Gate>) -> Value {
-    let mut answer = json!({ key: id, "precall_webhook_url": gate.map(Gate::url), "is_set": gate.is_some() });
+    let mut answer = gate_state(key, id, gate);
     if let Some(gate) = gate {
         if let Some(ms) = gate.timeout_ms() {
             answer["timeout_ms"] = json!(ms);

@@ -72,6 +72,8 @@ pub struct App {
     /// `--voice-path`s and `--signed-path`s in canonical form.
     voice_paths: Vec<String>,
     signed_paths: Vec<String>,
+    /// Turns true once the first table is in; the admin API waits for it.
+    pub table_loaded: tokio::sync::watch::Sender<bool>,
     /// Upgraded streams in flight (also held by the engine), drained on shutdown.
     pub streams: TaskTracker,
     ready: AtomicBool,
@@ -111,6 +113,7 @@ impl App {
             voice_paths,
             signed_paths,
             streams,
+            table_loaded: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
         }
     }

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +19,8 @@ pub struct Activity {
     last: AtomicU64,
     head_since: AtomicU64,
     in_flight: AtomicUsize,
+    /// HTTP/2 multiplexes: bytes between requests are frames (PING, WINDOW_UPDATE), not a head.
+    h2: AtomicBool,
 }
 
 /// What the watchdog decides about a connection.
@@ -39,6 +41,7 @@ impl Activity {
             // The first request head is awaited from the moment the connection opens.
             head_since: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
+            h2: AtomicBool::new(false),
         })
     }
 
@@ -49,7 +52,7 @@ impl Activity {
     fn read(&self) {
         let now = self.now();
         self.last.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.h2.load(Ordering::Relaxed) {
             // Bytes with no request in flight start the next head, if not already started.
             let _ = self.head_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
@@ -59,16 +62,15 @@ impl Activity {
         self.last.store(self.now(), Ordering::Relaxed);
     }
 
-    /// A complete request head reached the service.
-    pub fn request_started(&self) {
+    /// A complete request head reached the service; the request counts as in flight until the
+    /// returned guard drops (its response head went out, or the stream was reset).
+    pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
-    }
-
-    /// The response head went out.
-    pub fn request_finished(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.wrote();
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        InFlight(Arc::clone(self))
     }
 
     pub fn verdict(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
@@ -82,6 +84,16 @@ impl Activity {
             return Verdict::Idle;
         }
         Verdict::Keep
+    }
+}
+
+/// One request in flight on a connection.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.wrote();
     }
 }
 
@@ -155,18 +167,17 @@ mod tests {
         let a = Activity::new();
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(a.verdict(Duration::from_millis(10), Duration::from_secs(60)), Verdict::SlowHead);
-        a.request_started();
+        let _request = a.request_started(false);
         assert_eq!(a.verdict(Duration::from_millis(10), Duration::from_secs(60)), Verdict::Keep);
     }
 
     #[test]
     fn a_quiet_connection_with_nothing_in_flight_is_idle() {
         let a = Activity::new();
-        a.request_started();
-        a.request_finished();
+        drop(a.request_started(false));
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(a.verdict(Duration::from_secs(10), Duration::from_millis(10)), Verdict::Idle);
-        a.request_started();
+        let _request = a.request_started(false);
         assert_eq!(
             a.verdict(Duration::from_secs(10), Duration::from_millis(10)),
             Verdict::Keep,

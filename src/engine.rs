@@ -114,14 +114,7 @@ impl Engine {
     /// with the original path and query; hop-by-hop and framing headers removed (the body sets
     /// the framing); `X-Forwarded-*` appended or kept; every client-sent `X-Callgate-*` dropped.
     pub fn prepare<B>(&self, request: &mut Request<B>, peer: Peer) {
-        // An HTTP/2 request names its host in `:authority`; the engine speaks HTTP/1.1 and
-        // reads `Host`.
-        if !request.headers().contains_key(header::HOST) {
-            if let Some(host) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                request.headers_mut().insert(header::HOST, host);
-            }
-        }
+        // The engine speaks HTTP/1.1 whatever the client spoke.
         *request.version_mut() = http::Version::HTTP_11;
         let uri = self.upstream_uri(request.uri());
         *request.uri_mut() = uri;

@@ -19,6 +19,8 @@ pub enum RequestError {
     BodyTooLarge(usize),
     #[error("could not read the request body")]
     BodyRead(#[source] hyper::Error),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("malformed form body")]
     Form(#[from] FormError),
     #[error("inbound ringing call without To")]
@@ -35,6 +37,7 @@ impl RequestError {
         let status = match &self {
             RequestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             RequestError::Form(_) => StatusCode::BAD_REQUEST,
             RequestError::MissingTo => StatusCode::BAD_REQUEST,
             RequestError::Signature(_) => StatusCode::FORBIDDEN,
@@ -43,7 +46,10 @@ impl RequestError {
             RequestError::Engine(EngineError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Engine(EngineError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         };
-        let close = matches!(self, RequestError::BodyTooLarge(_) | RequestError::BodyRead(_));
+        let close = matches!(
+            self,
+            RequestError::BodyTooLarge(_) | RequestError::BodyRead(_) | RequestError::BodyTimeout(_)
+        );
         text_response(status, format!("{self}\n"), close)
     }
 }

@@ -28,6 +28,9 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// timeout (5 s in Node.js, the shortest common one) never closes a connection under a request.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// Gate URLs tracked for `--gate-max-pending` before idle ones are forgotten.
+const MAX_TRACKED_GATES: usize = 10_000;
+
 /// Why a gate exchange did not produce an accept or a reject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureCause {
@@ -170,12 +173,15 @@ impl GateClient {
     fn permit(&self, gate: &Gate) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let semaphore = match self.pending.get(gate.url()) {
             Some(s) => Arc::clone(&s),
-            None => self
-                .pending
-                .entry(gate.url().into())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.max_pending)))
-                .value()
-                .clone(),
+            None => {
+                if self.pending.len() >= MAX_TRACKED_GATES {
+                    // Forget gates with nothing waiting on them: their cap starts afresh if
+                    // they are called again. Bounds the map when gate URLs churn.
+                    self.pending.retain(|_, s| s.available_permits() < self.max_pending);
+                }
+                let entry = self.pending.entry(gate.url().into());
+                entry.or_insert_with(|| Arc::new(Semaphore::new(self.max_pending))).value().clone()
+            }
         };
         semaphore.try_acquire_owned().ok()
     }

@@ -114,6 +114,7 @@ pub async fn run(
         }
         Err(_) => unreachable!("the writer reports its first load"),
     }
+    app.table_loaded.send_replace(true);
     let _watching = routes::watch::start(app.settings.routes.clone(), writer);
     tracing::info!(
         listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),

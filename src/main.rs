@@ -30,7 +30,8 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => {
             let _guard = init_logging(args.log_format);
             runtime().block_on(async {
-                match callgate::demo::run(args.listen, args.admin_listen, shutdown_signal()).await {
+                let signals = Signals::install();
+                match callgate::demo::run(args.listen, args.admin_listen, signals.first()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(&e),
                 }
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
             };
             let _guard = init_logging(settings.log_format);
             runtime().block_on(async {
+                // Installed before anything else, so a SIGTERM during a long first load is a
+                // clean shutdown rather than the default kill.
+                let signals = Signals::install();
                 let listeners = match Listeners::bind(settings.listen, settings.admin_listen).await {
                     Ok(l) => l,
                     Err(e) => {
@@ -53,7 +57,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                match callgate::run(settings, listeners, shutdown_signal()).await {
+                match callgate::run(settings, listeners, signals.first()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(&e),
                 }
@@ -85,23 +89,37 @@ fn init_logging(format: LogFormat) -> WorkerGuard {
     guard
 }
 
-/// Completes on the first SIGTERM or SIGINT; a second one exits at once.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside the runtime.
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler installs"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler installs"),
         }
-        eprintln!("callgate: second signal; exiting at once");
-        std::process::exit(1);
-    });
+    }
+
+    /// Completes on the first signal; a second one exits at once.
+    async fn first(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+            eprintln!("callgate: second signal; exiting at once");
+            std::process::exit(1);
+        });
+    }
 }
 
 /// `callgate check`: exit 0 (warnings allowed), or 1 with one line per problem.

@@ -229,13 +229,12 @@ async fn serve_connection<I, S, F>(
 {
     let service = {
         let activity = Arc::clone(&activity);
-        service_fn(move |request| {
-            activity.request_started();
+        service_fn(move |request: Request<Incoming>| {
+            let in_flight = activity.request_started(request.version() == http::Version::HTTP_2);
             let response = service(request);
-            let activity = Arc::clone(&activity);
             async move {
                 let response = response.await;
-                activity.request_finished();
+                drop(in_flight);
                 Ok::<_, Infallible>(response)
             }
         })
@@ -274,8 +273,17 @@ async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
 }
 
 /// One request on the public listener: voice paths to the webhook, the rest to the engine.
-async fn handle_public(app: Arc<App>, request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
+async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
     let started = Instant::now();
+    // An HTTP/2 request names its host in `:authority`; the signed URL and the engine (which
+    // speaks HTTP/1.1) both read `Host`.
+    if !request.headers().contains_key(http::header::HOST) {
+        if let Some(host) =
+            request.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+    }
     let mut waits = Waits::default();
     let (route, result) = match app.path_kind(request.uri().path()) {
         PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, &mut waits).await),

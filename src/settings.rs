@@ -32,7 +32,7 @@ pub struct CheckArgs {
     #[arg(long, env = "CALLGATE_ROUTES", default_value = "routes.json")]
     pub routes: PathBuf,
     /// Accept http:// gate URLs.
-    #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES")]
+    #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_gates: bool,
     /// Gate timeout for gates without their own timeout_ms.
     #[arg(long, env = "CALLGATE_GATE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -88,7 +88,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_GATE_MAX_PENDING", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub gate_max_pending: u32,
     /// Accept http:// gate URLs (local gates, tests).
-    #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES")]
+    #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_gates: bool,
     /// To receive a request head (and a TLS handshake).
     #[arg(long, env = "CALLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -373,7 +373,20 @@ impl Settings {
     /// http:// gates allowed.
     pub fn local(upstream: &str, routes: PathBuf) -> Result<Settings, SettingsError> {
         let args = ServeArgs::parse_from_defaults();
-        let mut s = Settings::from_args(ServeArgs { upstream: Some(upstream.to_owned()), routes, ..args })?;
+        // Serving secrets, TLS and checks from the environment never reach a local server.
+        let mut s = Settings::from_args(ServeArgs {
+            upstream: Some(upstream.to_owned()),
+            routes,
+            twilio_auth_tokens: Vec::new(),
+            twilio_shared_keys: Vec::new(),
+            twilio_signature: Some(SignatureMode::Off),
+            public_url: None,
+            gate_signing_secret: None,
+            tls_cert: None,
+            tls_key: None,
+            signed_paths: Vec::new(),
+            ..args
+        })?;
         s.listen = ([127, 0, 0, 1], 0).into();
         s.admin_listen = ([127, 0, 0, 1], 0).into();
         s.allow_insecure_gates = true;

@@ -59,6 +59,23 @@ fn check_reports_every_problem_on_its_own_line() {
 }
 
 #[test]
+fn boolean_variables_take_1_and_yes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    std::fs::write(&path, r#"{"numbers": {"+15005550006": {"gate": {"url": "http://gate.local/p"}}}}"#)
+        .unwrap();
+    for value in ["1", "yes", "true", "on"] {
+        let out = Command::new(BIN)
+            .args(["check", "--routes", path.to_str().unwrap()])
+            .env_clear()
+            .env("CALLGATE_ALLOW_INSECURE_GATES", value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{value}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[test]
 fn check_warns_when_a_gate_and_the_engine_reach_twilios_cap() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.json");

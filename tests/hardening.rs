@@ -134,3 +134,21 @@ async fn beyond_max_connections_accepting_pauses_until_one_closes() {
     assert_eq!(status, 200);
     let _ = TO;
 }
+
+#[tokio::test]
+async fn a_body_trickled_past_the_header_timeout_is_refused_with_408() {
+    let (cg, engine) = spawn(|s| s.header_timeout = Duration::from_millis(500)).await;
+    let mut stream = TcpStream::connect(cg.addr).await.unwrap();
+    let body = ringing(TO);
+    let head = format!(
+        "POST /twilio/voice HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let started = Instant::now();
+    let (answer, closed) = until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(closed.is_some() && started.elapsed() < Duration::from_secs(3));
+    assert_eq!(engine.count(), 0);
+}

@@ -4,7 +4,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use http_body_util::Full;
 use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,6 +30,17 @@ async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
     let mut cg = Binary::start(&routes, &engine.url(""), &["--shutdown-grace", "5s"]);
     assert_eq!(status(&cg.admin_url("/readyz")).await, 503, "not ready while the table loads");
     assert_eq!(status(&cg.admin_url("/healthz")).await, 200, "alive all the same");
+    // The admin API waits for the table rather than describe an empty one.
+    let table = send(
+        Request::get(cg.admin_url("/v1/routes"))
+            .header("authorization", ADMIN_AUTH)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let table: serde_json::Value = serde_json::from_slice(&table.body).unwrap();
+    assert_eq!(table["numbers"].as_object().unwrap().len(), 300_000);
     cg.wait_for_log("callgate serving");
     assert_eq!(status(&cg.admin_url("/readyz")).await, 200);
 
@@ -42,6 +56,18 @@ async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
     let exit = cg.wait_exit(Duration::from_secs(5));
     assert_eq!(exit.code(), Some(0));
     cg.wait_for_log("drained; every call in flight finished");
+}
+
+#[tokio::test]
+async fn sigterm_during_the_first_load_is_a_clean_shutdown() {
+    let engine = Stub::start(Reply::json("")).await;
+    let mut numbers = serde_json::Map::new();
+    for i in 0..300_000 {
+        numbers.insert(format!("+1555{i:07}"), json!({"agent_id": "agent_a"}));
+    }
+    let mut cg = Binary::start(&json!({"numbers": numbers}).to_string(), &engine.url(""), &[]);
+    cg.signal("TERM");
+    assert_eq!(cg.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
 
 #[tokio::test]

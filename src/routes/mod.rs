@@ -157,6 +157,8 @@ pub enum GateError {
     Scheme { allow_insecure: bool },
     #[error("url: has no host")]
     MissingHost,
+    #[error("url: user info (user:password@) is not sent to gates; put a token in the query instead")]
+    UserInfo,
     #[error("url: not usable as a request URI ({0})")]
     InvalidUri(http::uri::InvalidUri),
     #[error("timeout_ms: must be 100 to 30000 (got {0})")]
@@ -170,6 +172,7 @@ impl GateError {
     pub fn field(&self) -> &'static str {
         match self {
             GateError::InvalidUrl(_)
+            | GateError::UserInfo
             | GateError::UrlWhitespace
             | GateError::Scheme { .. }
             | GateError::MissingHost
@@ -193,6 +196,11 @@ fn check_url(raw: &str, opts: &ValidateOptions) -> Result<(http::Uri, Box<str>),
         _ => return Err(GateError::Scheme { allow_insecure: opts.allow_insecure_gates }),
     }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or(GateError::MissingHost)?;
+    // The HTTP client would drop credentials in the authority without a word, and the gate would
+    // answer 401 to every call: refuse them here instead.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(GateError::UserInfo);
+    }
     let display = match url.port() {
         Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
         None => format!("{}://{host}{}", url.scheme(), url.path()),
@@ -638,9 +646,18 @@ mod tests {
     }
 
     #[test]
+    fn user_info_is_refused_and_never_echoed() {
+        let err =
+            Gate::new("https://user:S3CRET@api.example.com/p", None, OnFailure::Accept, &OPTS).unwrap_err();
+        assert_eq!(err.field(), "url");
+        assert!(!err.to_string().contains("S3CRET"), "{err}");
+        assert!(Gate::new("https://user@api.example.com/p", None, OnFailure::Accept, &OPTS).is_err());
+    }
+
+    #[test]
     fn gate_display_hides_query_and_userinfo() {
         let g = Gate::new(
-            "https://user:S3CRET@API.example.com:8443/pre%20call?token=S3CRET#frag",
+            "https://API.example.com:8443/pre%20call?token=S3CRET#frag",
             Some(2000),
             OnFailure::Reject,
             &OPTS,

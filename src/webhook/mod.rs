@@ -47,7 +47,7 @@ pub async fn handle(
     waits: &mut Waits,
 ) -> Result<Response<ResBody>, RequestError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body).await?;
+    let body = read_body(&parts.headers, body, app.settings.header_timeout).await?;
     // The query lives in the URI; keep our own handle on it so `parts` can move on.
     let uri = parts.uri.clone();
     let (params, carrier) = parse_params(&parts, &uri, &body)?;
@@ -86,7 +86,7 @@ pub async fn handle_signed(
     waits: &mut Waits,
 ) -> Result<Response<ResBody>, RequestError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body).await?;
+    let body = read_body(&parts.headers, body, app.settings.header_timeout).await?;
     let uri = parts.uri.clone();
     let (params, carrier) = parse_params(&parts, &uri, &body)?;
     verify_signature(app, &parts, peer, carrier.signed(&params, &body))?;
@@ -242,15 +242,23 @@ pub fn reject_response() -> Response<ResBody> {
     response
 }
 
-/// Reads a webhook body of at most [`MAX_WEBHOOK_BODY`] bytes; a declared length over it is
-/// refused before reading anything.
-pub async fn read_body(headers: &http::HeaderMap, body: Incoming) -> Result<Bytes, RequestError> {
+/// Reads a webhook body of at most [`MAX_WEBHOOK_BODY`] bytes within `within` (a client that
+/// trickles its body holds a connection as surely as one that trickles its head); a declared
+/// length over the limit is refused before reading anything.
+pub async fn read_body(
+    headers: &http::HeaderMap,
+    body: Incoming,
+    within: Duration,
+) -> Result<Bytes, RequestError> {
     let declared =
         headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY as u64) {
         return Err(RequestError::BodyTooLarge(MAX_WEBHOOK_BODY));
     }
-    match Limited::new(body, MAX_WEBHOOK_BODY).collect().await {
+    let collected = tokio::time::timeout(within, Limited::new(body, MAX_WEBHOOK_BODY).collect())
+        .await
+        .map_err(|_| RequestError::BodyTimeout(within))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => match e.downcast::<hyper::Error>() {
             Ok(e) => Err(RequestError::BodyRead(*e)),

@@ -158,3 +158,32 @@ async fn calls_get_the_old_or_the_new_decision_while_a_large_table_reloads() {
     assert!(decisions.iter().all(|d| d == "accept"), "{decisions:?}");
     assert_eq!(rejecting.count() + accepting.count(), rejected + accepted, "one gate request per call");
 }
+
+/// Bytes the process has read through system calls so far.
+fn bytes_read(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_callgate_does_not_keep_rereading_its_routes_file() {
+    let engine = Stub::start(Reply::json("")).await;
+    let mut numbers = serde_json::Map::new();
+    for i in 0..20_000 {
+        numbers.insert(format!("+1555{i:07}"), json!({"agent_id": "agent_a"}));
+    }
+    let routes = json!({"numbers": numbers}).to_string();
+    let cg = Binary::spawn(&routes, &engine.url(""), &[]);
+    let path = cg.dir.path().join("routes.json");
+    // A change, then reads of the file by others: neither may set off a loop of re-reads.
+    std::fs::write(&path, routes.replace("agent_a", "agent_b")).unwrap();
+    cg.wait_for_log("routes reloaded");
+    for _ in 0..5 {
+        let _ = std::fs::read(&path).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = bytes_read(cg.child.id());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = bytes_read(cg.child.id()) - before;
+    assert!(read < routes.len() as u64, "read {read} bytes while idle (the file is {} bytes)", routes.len());
+}

@@ -412,9 +412,11 @@ struct SortedNumbers<'a>(&'a FxHashMap<NumberKey, NumberEntry>);
 
 impl Serialize for SortedNumbers<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut numbers: Vec<_> = self.0.iter().collect();
-        numbers.sort_unstable_by_key(|(number, _)| number.string_order());
-        let mut map = s.serialize_map(Some(numbers.len()))?;
+        // The order key is computed once per number, not once per comparison.
+        let mut numbers: Vec<_> = self.0.iter().map(|(n, e)| (n.string_order(), n, e)).collect();
+        numbers.sort_unstable_by_key(|(order, _, _)| *order);
+        let numbers = numbers.into_iter().map(|(_, n, e)| (n, e));
+        let mut map = s.serialize_map(Some(self.0.len()))?;
         let mut buf = [0; 16];
         for (number, entry) in numbers {
             map.serialize_entry(number.write(&mut buf), entry)?;

@@ -33,7 +33,7 @@ pub fn start(path: PathBuf, writer: Writer) -> WatchGuard {
     let watcher = {
         let dirty = Arc::clone(&dirty);
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| is_change(&e.kind)) {
                 dirty.notify_one();
             }
         })
@@ -88,9 +88,27 @@ async fn watch_loop(path: PathBuf, writer: Writer, dirty: Arc<Notify>) {
     }
 }
 
+/// Whether an event can mean new content. Opening and reading a file are events too, and
+/// callgate's own reads of the routes file would otherwise set off a reload after every reload.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Any
+        | EventKind::Create(_)
+        | EventKind::Modify(_)
+        | EventKind::Remove(_)
+        | EventKind::Other => true,
+    }
+}
+
+/// A file's identity, size and modification time.
+pub(super) type Stat = (u64, u64, u64, SystemTime);
+
 /// What the poll compares: identity, size and modification time of the file the path leads
 /// to (through symlinks), or nothing if it is gone.
-fn stat(path: &Path) -> Option<(u64, u64, u64, SystemTime)> {
+pub(super) fn stat(path: &Path) -> Option<Stat> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))

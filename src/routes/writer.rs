@@ -3,7 +3,7 @@
 //! (group commit): one copy of the table, one atomic save, one swap, then every caller is
 //! answered. A batch that cannot be saved changes nothing, in memory or on disk.
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::RouteStore;
+use super::watch::{stat, Stat};
 use super::{Gate, RouteTable, ValidateOptions};
 use crate::metrics::Metrics;
 
@@ -75,7 +76,7 @@ impl Writer {
     ) -> (Writer, oneshot::Receiver<Result<(), LoadError>>) {
         let (jobs, queue) = mpsc::channel(MAX_BATCH);
         let (loaded, first_load) = oneshot::channel();
-        let task = Task { store, path, options, metrics, content: None };
+        let task = Task { store, path, options, metrics, content: None, stat: None };
         tokio::spawn(async move {
             let mut task = task;
             let result = task.initial_load().await;
@@ -120,6 +121,9 @@ struct Task {
     metrics: &'static Metrics,
     /// Fingerprint of the file content the table in force was loaded from or saved as.
     content: Option<Fingerprint>,
+    /// The file's metadata when it was last read or written here: unchanged metadata means no
+    /// hand edit to take in before a save.
+    stat: Option<Stat>,
 }
 
 impl Task {
@@ -137,6 +141,7 @@ impl Task {
         })
         .await
         .expect("the load task does not panic")?;
+        self.stat = stat(&self.path);
         let table = match loaded {
             Some((table, content)) => {
                 self.content = Some(content);
@@ -183,7 +188,9 @@ impl Task {
     async fn apply(&mut self, jobs: Vec<(Edit, oneshot::Sender<Result<bool, WriteError>>)>) {
         // A hand edit the watcher has not reported yet is taken in first, so the save below does
         // not write over it: the file's change, then these edits on top.
-        self.reload(Missing::IsFine).await;
+        if stat(&self.path) != self.stat {
+            self.reload(Missing::IsFine).await;
+        }
         let (edits, waiting): (Vec<Edit>, Vec<_>) = jobs.into_iter().unzip();
         let table = RouteTable::clone(&self.store.load());
         let path = self.path.clone();
@@ -198,6 +205,7 @@ impl Task {
         .expect("the save task does not panic");
         match saved {
             Ok((table, content, had)) => {
+                self.stat = stat(&self.path);
                 self.metrics.record_table(table.agent_count(), table.number_count());
                 retire(self.store.publish(table));
                 self.content = Some(content);
@@ -243,6 +251,7 @@ impl Task {
             })
             .await
             .expect("the reload task does not panic");
+        self.stat = stat(&self.path);
         match outcome {
             Ok(None) => {}
             Ok(Some((table, content))) => {
@@ -271,7 +280,16 @@ impl Task {
 /// Frees a replaced table on the blocking pool: at a million numbers that is real work, and
 /// the runtime's workers serve calls.
 fn retire(old: Arc<RouteTable>) {
-    tokio::task::spawn_blocking(move || drop(old));
+    tokio::task::spawn_blocking(move || {
+        drop(old);
+        // glibc keeps freed memory for reuse; a replaced million-number table would otherwise
+        // stay in the resident set until the next one is built.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
 }
 
 /// Applies one edit; `true` if it replaced or removed something that was set.
@@ -286,21 +304,44 @@ fn apply_one(table: &mut RouteTable, edit: Edit) -> bool {
 }
 
 /// What a file's content is known by: its length and a hash (not a security boundary: a
-/// collision only skips one reload, and the periodic poll does not depend on it).
+/// collision only skips one reload, and the periodic poll does not depend on it). Computed the
+/// same way over a whole buffer or streamed in pieces.
 type Fingerprint = (usize, u64);
 
 fn fingerprint(bytes: &[u8]) -> Fingerprint {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
+    h.write(bytes);
     (bytes.len(), h.finish())
 }
 
+/// A writer that fingerprints what passes through it.
+struct Fingerprinting<W> {
+    inner: W,
+    hasher: std::collections::hash_map::DefaultHasher,
+    len: usize,
+}
+
+impl<W: Write> Write for Fingerprinting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.write(&buf[..n]);
+        self.len += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Tables up to this many numbers are saved indented, for people who open the file; larger
+/// ones compact, which halves the bytes to write at a million numbers.
+const PRETTY_UP_TO: usize = 10_000;
+
 /// Saves `table` atomically: a temporary file in the same directory, fsync, rename over the
-/// routes file, fsync of the directory. On error the temporary file is removed and the routes
-/// file is as it was.
+/// routes file, fsync of the directory. The JSON is streamed to the file, not built in memory.
+/// On error the temporary file is removed and the routes file is as it was.
 fn save(path: &Path, table: &RouteTable) -> std::io::Result<Fingerprint> {
-    let mut bytes = serde_json::to_vec_pretty(table).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -312,20 +353,33 @@ fn save(path: &Path, table: &RouteTable) -> std::io::Result<Fingerprint> {
     let mode =
         std::fs::metadata(path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
     let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode.unwrap_or(0o600))
             .open(&temp)?;
-        file.write_all(&bytes)?;
+        let mut out = Fingerprinting {
+            inner: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Default::default(),
+            len: 0,
+        };
+        if table.number_count() <= PRETTY_UP_TO {
+            serde_json::to_writer_pretty(&mut out, table)?;
+        } else {
+            serde_json::to_writer(&mut out, table)?;
+        }
+        out.write_all(b"\n")?;
+        let content = (out.len, out.hasher.finish());
+        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(content)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written.map(|()| fingerprint(&bytes))
+    written
 }
 
 /// A file that cannot be written by design (read-only mount, immutable file, no permission)

@@ -286,8 +286,8 @@ async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer
     }
     let mut waits = Waits::default();
     let (route, result) = match app.path_kind(request.uri().path()) {
-        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, &mut waits).await),
-        PathKind::Signed => (Route::Proxy, webhook::handle_signed(&app, request, peer, &mut waits).await),
+        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, &mut waits).await),
+        PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, &mut waits).await),
         PathKind::Other => (Route::Proxy, app.forward_stream(request, peer, &mut waits).await),
     };
     let response = result.unwrap_or_else(|e| e.into_response());

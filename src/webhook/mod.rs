@@ -39,11 +39,13 @@ const X_CALLGATE_AGENT_ID: HeaderName = HeaderName::from_static("x-callgate-agen
 #[derive(Default)]
 pub struct Waits(pub Duration);
 
-/// Handles one request to a voice path.
+/// Handles one request to a voice path (`gated`) or a signed path: the body limit, form and
+/// signature checks, then, on a voice path, the gate for an inbound ringing call.
 pub async fn handle(
     app: &App,
     request: Request<Incoming>,
     peer: Peer,
+    gated: bool,
     waits: &mut Waits,
 ) -> Result<Response<ResBody>, RequestError> {
     let (parts, body) = request.into_parts();
@@ -53,9 +55,10 @@ pub async fn handle(
     let (params, carrier) = parse_params(&parts, &uri, &body)?;
     verify_signature(app, &parts, peer, carrier.signed(&params, &body))?;
     let call = CallParams::from_params(&params);
-    if !call.is_inbound_ringing() {
+    if !gated || !call.is_inbound_ringing() {
+        let decision = gated.then_some(("not_gated", None));
         let request = Request::from_parts(parts, Either::Left(Full::new(body.clone())));
-        return app.forward_buffered(request, peer, Some(("not_gated", None)), waits).await;
+        return app.forward_buffered(request, peer, decision, waits).await;
     }
     let to = call.to.ok_or(RequestError::MissingTo)?;
 
@@ -75,24 +78,6 @@ pub async fn handle(
             app.forward_buffered(request, peer, Some((label, agent_id.as_deref())), waits).await
         }
     }
-}
-
-/// Handles one request to a signed path: the same body limit, form and signature checks as a
-/// voice path, then forwarded ungated.
-pub async fn handle_signed(
-    app: &App,
-    request: Request<Incoming>,
-    peer: Peer,
-    waits: &mut Waits,
-) -> Result<Response<ResBody>, RequestError> {
-    let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, app.settings.header_timeout).await?;
-    let uri = parts.uri.clone();
-    let (params, carrier) = parse_params(&parts, &uri, &body)?;
-    verify_signature(app, &parts, peer, carrier.signed(&params, &body))?;
-    drop(params);
-    let request = Request::from_parts(parts, Either::Left(Full::new(body)));
-    app.forward_buffered(request, peer, None, waits).await
 }
 
 /// Where a webhook's parameters came from, which decides what its signature covers.

@@ -99,6 +99,13 @@ pub async fn run(
         signer,
     );
     let app = Arc::new(App::new(settings, routes, writer.clone(), gate, metrics));
+    let _upkeep = AbortOnDrop(tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            metrics.upkeep();
+        }
+    }));
     let admin = server::AdminServer::start(Arc::clone(&app), listeners.admin);
     tracing::info!(
         listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -162,6 +162,12 @@ impl Metrics {
         self.handle.render()
     }
 
+    /// Folds recorded histogram samples into their buckets. Samples wait in a queue until a
+    /// scrape or this upkeep, so without it an unscraped callgate would grow under load.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     pub fn record_decision(&self, decision: Decision) {
         self.inbound[decision as usize].increment(1);
     }

@@ -77,9 +77,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Logs on stderr through a non-blocking writer, so a slow terminal or collector never stalls
-/// a call; `RUST_LOG` filters (default `info`).
+/// a call; `RUST_LOG` filters (default `info`). The writer thread buffers: it flushes whenever
+/// its queue runs dry, so lines are never held back, but a burst costs one `write`, not one
+/// per line (unbuffered, logging was the largest cost of a call under load).
 fn init_logging(format: LogFormat) -> WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {

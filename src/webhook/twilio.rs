@@ -61,8 +61,26 @@ fn decode(raw: &[u8], at: usize) -> Result<Cow<'_, str>, FormError> {
     if !needs_decoding {
         return std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| FormError::InvalidUtf8);
     }
-    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-    let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    // One pass, one allocation: escapes were checked above.
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(&raw[i + 1..i + 3]).expect("checked: two hex digits");
+                bytes.push(u8::from_str_radix(hex, 16).expect("checked: two hex digits"));
+                i += 3;
+            }
+            b'+' => {
+                bytes.push(b' ');
+                i += 1;
+            }
+            b => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
     String::from_utf8(bytes).map(Cow::Owned).map_err(|_| FormError::InvalidUtf8)
 }
 

@@ -67,6 +67,26 @@ impl Drop for Scratch {
     }
 }
 
+/// Everything a run stands on: a scratch directory, the stubs, a routes file pointing at them,
+/// and callgate serving it.
+struct Bench {
+    scratch: Scratch,
+    stubs: Stubs,
+    callgate: Callgate,
+    features: Features,
+}
+
+impl Bench {
+    async fn start(args: &Args) -> Bench {
+        let scratch = Scratch::new();
+        let stubs = Stubs::start(args.gate_addr, args.engine_addr, args.dead_addr).await.expect("stubs bind");
+        let routes = scratch.routes();
+        write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers);
+        let (callgate, features) = start_callgate(args, &scratch.0, stubs.engine, &routes).await;
+        Bench { scratch, stubs, callgate, features }
+    }
+}
+
 pub(crate) async fn start_callgate(
     args: &Args,
     dir: &Path,
@@ -214,11 +234,7 @@ pub(crate) async fn warm_up(
 /// loop; then the dead gate.
 pub async fn full(args: &Args) {
     let began = Instant::now();
-    let scratch = Scratch::new();
-    let stubs = Stubs::start(args.gate_addr, args.engine_addr, args.dead_addr).await.expect("stubs bind");
-    let routes = scratch.routes();
-    write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers);
-    let (callgate, features) = start_callgate(args, &scratch.0, stubs.engine, &routes).await;
+    let Bench { scratch: _scratch, stubs, callgate, features } = Bench::start(args).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = ProcStatus::read(callgate.pid());
 
@@ -370,11 +386,7 @@ async fn dead_gate(args: &Args, callgate: &Callgate, stubs: &Stubs) -> DeadRun {
 /// `PREFIX-PATH.data` file per path.
 pub async fn profile(args: &Args) {
     let prefix = args.profile.clone().expect("--profile PREFIX");
-    let scratch = Scratch::new();
-    let stubs = Stubs::start(args.gate_addr, args.engine_addr, args.dead_addr).await.expect("stubs bind");
-    let routes = scratch.routes();
-    write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers);
-    let (callgate, features) = start_callgate(args, &scratch.0, stubs.engine, &routes).await;
+    let Bench { scratch: _scratch, stubs: _stubs, callgate, features } = Bench::start(args).await;
     let via = Target::new(callgate.public);
     let paths = paths(args);
     warm_up(&[("callgate", &via, true)], &paths, args.connections).await;
@@ -412,11 +424,7 @@ pub async fn profile(args: &Args) {
 
 /// 2,000 calls/s (or --soak-rate) on the accept path for --duration, reported every 30 s.
 pub async fn soak(args: &Args) {
-    let scratch = Scratch::new();
-    let stubs = Stubs::start(args.gate_addr, args.engine_addr, args.dead_addr).await.expect("stubs bind");
-    let routes = scratch.routes();
-    write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers);
-    let (callgate, features) = start_callgate(args, &scratch.0, stubs.engine, &routes).await;
+    let Bench { scratch: _scratch, stubs: _stubs, callgate, features } = Bench::start(args).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = ProcStatus::read(callgate.pid());
     let total = args.duration.unwrap_or(Duration::from_secs(600));

@@ -132,10 +132,16 @@ impl Task {
         let path = self.path.clone();
         let options = self.options;
         let loaded = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
-            Ok(bytes) => match RouteTable::parse(&bytes, &options) {
-                Ok(table) => Ok(Some((table, fingerprint(&bytes)))),
-                Err(source) => Err(LoadError::Invalid { path: path.display().to_string(), source }),
-            },
+            Ok(bytes) => {
+                let parsed = RouteTable::parse(&bytes, &options);
+                let content = fingerprint(&bytes);
+                drop(bytes);
+                release_memory();
+                match parsed {
+                    Ok(table) => Ok(Some((table, content))),
+                    Err(source) => Err(LoadError::Invalid { path: path.display().to_string(), source }),
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(LoadError::Read { path: path.display().to_string(), source }),
         })
@@ -231,6 +237,11 @@ impl Task {
     }
 
     async fn reload(&mut self, missing: Missing) {
+        // The file callgate itself last read or wrote, untouched since: nothing to read (the
+        // watcher reports callgate's own saves too).
+        if self.stat.is_some() && stat(&self.path) == self.stat {
+            return;
+        }
         let path = self.path.clone();
         let options = self.options;
         let previous = self.content;
@@ -247,7 +258,12 @@ impl Task {
                 if Some(content) == previous {
                     return Ok(None);
                 }
-                RouteTable::parse(&bytes, &options).map(|t| Some((t, content))).map_err(|e| e.to_string())
+                let parsed = RouteTable::parse(&bytes, &options)
+                    .map(|t| Some((t, content)))
+                    .map_err(|e| e.to_string());
+                drop(bytes);
+                release_memory();
+                parsed
             })
             .await
             .expect("the reload task does not panic");
@@ -282,14 +298,18 @@ impl Task {
 fn retire(old: Arc<RouteTable>) {
     tokio::task::spawn_blocking(move || {
         drop(old);
-        // glibc keeps freed memory for reuse; a replaced million-number table would otherwise
-        // stay in the resident set until the next one is built.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        release_memory();
     });
+}
+
+/// Returns freed heap pages to the system. glibc keeps freed memory for reuse, and a replaced
+/// million-number table, or the routes file read to build one, would otherwise stay resident.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Applies one edit; `true` if it replaced or removed something that was set.

@@ -1,0 +1,201 @@
+//! A validated gate: its URL (parsed once, shown without secrets), deadline and failure
+//! policy, and the checks a gate URL and timeout must pass wherever they come from.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Options that change what a routes file (or an admin write) may contain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ValidateOptions {
+    /// Accept `http://` gate URLs as well as `https://` (`--allow-insecure-gates`).
+    pub allow_insecure_gates: bool,
+}
+
+/// What a call gets when its gate gives no answer (timeout, connect error, bad reply...).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Fail open: the call connects. The default.
+    #[default]
+    Accept,
+    /// Fail closed: the call is rejected with a busy tone (compliance gates).
+    Reject,
+}
+
+impl OnFailure {
+    /// The routes-file spelling: `"accept"` or `"reject"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Accept => "accept",
+            OnFailure::Reject => "reject",
+        }
+    }
+}
+
+impl FromStr for OnFailure {
+    type Err = GateError;
+
+    /// Exactly `accept` or `reject` (case matters, as everywhere in the file).
+    fn from_str(s: &str) -> Result<OnFailure, GateError> {
+        match s {
+            "accept" => Ok(OnFailure::Accept),
+            "reject" => Ok(OnFailure::Reject),
+            _ => Err(GateError::InvalidOnFailure),
+        }
+    }
+}
+
+/// The `timeout_ms` a gate may carry.
+pub const GATE_TIMEOUT_MS: RangeInclusive<u32> = 100..=30_000;
+
+/// A validated gate: an `https://` URL with a host (or `http://` when insecure gates are
+/// allowed), parsed once at load, with its optional timeout and failure policy.
+///
+/// The URL may hold secrets (a `?token=` query, `user:password@`), so `Debug` and `Display`
+/// print only [`Gate::display`]. `Serialize` writes the routes-file form, secrets included.
+#[derive(Clone)]
+pub struct Gate {
+    // Visible to the rest of `routes`, whose file parser builds gates field by field.
+    pub(super) url: Box<str>,
+    pub(super) uri: http::Uri,
+    pub(super) display: Box<str>,
+    pub(super) timeout_ms: Option<u32>,
+    pub(super) on_failure: OnFailure,
+}
+
+impl Gate {
+    /// Validates `url` and `timeout_ms` (see [`GATE_TIMEOUT_MS`]) into a gate; the first problem
+    /// found is the error. [`GateSpec::validate`] reports every problem instead.
+    pub fn new(
+        url: &str,
+        timeout_ms: Option<u32>,
+        on_failure: OnFailure,
+        opts: &ValidateOptions,
+    ) -> Result<Gate, GateError> {
+        let (uri, display) = check_url(url, opts)?;
+        let timeout_ms = timeout_ms.map(|ms| check_timeout(ms.into())).transpose()?;
+        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure })
+    }
+
+    /// The URL exactly as configured. May contain a secret query or userinfo: never log it.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL parsed for sending: normalised, without fragment, userinfo kept if configured.
+    /// Its `Debug` and `Display` print the query and userinfo: never log it.
+    pub fn uri(&self) -> &http::Uri {
+        &self.uri
+    }
+
+    /// `scheme://host[:port]/path`: no userinfo, query or fragment. Safe for logs and errors.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// The gate's own deadline, when it has one (else the process-wide `--gate-timeout`).
+    pub fn timeout_ms(&self) -> Option<u32> {
+        self.timeout_ms
+    }
+
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+}
+
+// `uri` and `display` are derived from `url`, so they need no comparing.
+impl PartialEq for Gate {
+    fn eq(&self, other: &Gate) -> bool {
+        self.url == other.url && self.timeout_ms == other.timeout_ms && self.on_failure == other.on_failure
+    }
+}
+
+impl Eq for Gate {}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("url", &self.display)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("on_failure", &self.on_failure)
+            .finish()
+    }
+}
+
+impl fmt::Display for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// Why a gate is invalid. Each message starts with the field it is about and never contains
+/// the URL itself (its query or userinfo may be secret).
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("url: not a valid URL ({0})")]
+    InvalidUrl(url::ParseError),
+    #[error("url: contains whitespace or control characters")]
+    UrlWhitespace,
+    #[error("url: {}", if *allow_insecure { "must be https:// or http://" } else { "must be https:// (or http:// with --allow-insecure-gates)" })]
+    Scheme { allow_insecure: bool },
+    #[error("url: has no host")]
+    MissingHost,
+    #[error("url: user info (user:password@) is not sent to gates; put a token in the query instead")]
+    UserInfo,
+    #[error("url: not usable as a request URI ({0})")]
+    InvalidUri(http::uri::InvalidUri),
+    #[error("timeout_ms: must be 100 to 30000 (got {0})")]
+    InvalidTimeout(u64),
+    #[error("on_failure: must be \"accept\" or \"reject\"")]
+    InvalidOnFailure,
+}
+
+impl GateError {
+    /// The gate field at fault: `url`, `timeout_ms` or `on_failure`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            GateError::InvalidUrl(_)
+            | GateError::UserInfo
+            | GateError::UrlWhitespace
+            | GateError::Scheme { .. }
+            | GateError::MissingHost
+            | GateError::InvalidUri(_) => "url",
+            GateError::InvalidTimeout(_) => "timeout_ms",
+            GateError::InvalidOnFailure => "on_failure",
+        }
+    }
+}
+
+/// Checks a gate URL; returns it parsed for sending and in its loggable form.
+pub(super) fn check_url(raw: &str, opts: &ValidateOptions) -> Result<(http::Uri, Box<str>), GateError> {
+    // The url crate would quietly trim or drop these; a URL holding them is a typo.
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(GateError::UrlWhitespace);
+    }
+    let url = url::Url::parse(raw).map_err(GateError::InvalidUrl)?;
+    match url.scheme() {
+        "https" => {}
+        "http" if opts.allow_insecure_gates => {}
+        _ => return Err(GateError::Scheme { allow_insecure: opts.allow_insecure_gates }),
+    }
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or(GateError::MissingHost)?;
+    // The HTTP client would drop credentials in the authority without a word, and the gate would
+    // answer 401 to every call: refuse them here instead.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(GateError::UserInfo);
+    }
+    let display = match url.port() {
+        Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
+        None => format!("{}://{host}{}", url.scheme(), url.path()),
+    };
+    // The normalised form is plain ASCII (IDNA, percent-encoding), which http::Uri accepts.
+    let uri = http::Uri::try_from(&url[..url::Position::AfterQuery]).map_err(GateError::InvalidUri)?;
+    Ok((uri, display.into_boxed_str()))
+}
+
+pub(super) fn check_timeout(ms: u64) -> Result<u32, GateError> {
+    u32::try_from(ms).ok().filter(|ms| GATE_TIMEOUT_MS.contains(ms)).ok_or(GateError::InvalidTimeout(ms))
+}

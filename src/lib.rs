@@ -17,6 +17,7 @@
 //! - [`engine`]: forwarding to the voice engine, header hygiene, WebSocket relays.
 //! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
+//! - [`logging`]: the buffered log writer that keeps `write`s off the request path.
 //! - [`metrics`]: every metric name, its help text and typed recorders.
 //! - [`error`]: request errors and the one match that turns them into responses.
 //! - [`demo`]: `callgate demo`, a demo engine and demo gates around the real server.
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod gate;
+pub mod logging;
 pub mod metrics;
 pub mod routes;
 pub mod server;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
+use callgate::logging::LogGuard;
 use callgate::settings::{CheckArgs, Cli, Command, LogFormat, Settings};
 use callgate::Listeners;
 
@@ -76,13 +76,10 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the tokio runtime starts")
 }
 
-/// Logs on stderr through a non-blocking writer, so a slow terminal or collector never stalls
-/// a call; `RUST_LOG` filters (default `info`). The writer thread buffers: it flushes whenever
-/// its queue runs dry, so lines are never held back, but a burst costs one `write`, not one
-/// per line (unbuffered, logging was the largest cost of a call under load).
-fn init_logging(format: LogFormat) -> WorkerGuard {
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(stderr);
+/// Logs on stderr through [`callgate::logging`]'s buffered writer, so neither a slow terminal
+/// or collector nor the `write` itself ever stalls a call; `RUST_LOG` filters (default `info`).
+fn init_logging(format: LogFormat) -> LogGuard {
+    let (writer, guard) = callgate::logging::writer(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {

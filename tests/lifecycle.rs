@@ -170,7 +170,7 @@ async fn json_decision_lines_carry_the_specs_fields_and_no_secrets() {
     let cg = Binary::spawn(&routes.to_string(), &engine.url(""), &secrets);
     post_form(&cg.url("/twilio/voice"), &ringing(TO)).await;
     post_form(&cg.url("/twilio/voice"), &ringing("+15005550000")).await;
-    let lines = cg.logs_with("call decided");
+    let lines = cg.logs_with("call decided", 2);
     assert_eq!(lines.len(), 2, "one line per decided call");
     let line = &lines[0];
     assert_eq!(line["call_id"], "CA11111111111111111111111111111111");

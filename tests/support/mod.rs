@@ -397,9 +397,20 @@ impl Binary {
         }
     }
 
-    /// Every log line so far with this message.
-    pub fn logs_with(&self, message: &str) -> Vec<serde_json::Value> {
-        self.logs.lock().unwrap().iter().filter(|l| l["message"] == message).cloned().collect()
+    /// Every line with this message, once at least `at_least` have arrived and no more came
+    /// in a further wait: callgate writes its log in batches (`callgate::logging`), so a line
+    /// for a call already answered may still be on its way.
+    pub fn logs_with(&self, message: &str, at_least: usize) -> Vec<serde_json::Value> {
+        let matching = || -> Vec<serde_json::Value> {
+            self.logs.lock().unwrap().iter().filter(|l| l["message"] == message).cloned().collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while matching().len() < at_least {
+            assert!(std::time::Instant::now() < deadline, "fewer than {at_least} {message:?} lines");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(callgate::logging::FLUSH_INTERVAL * 4);
+        matching()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,295 @@
+//! Log output kept off the request path: a formatted line is appended to a shared buffer and a
+//! writer thread flushes the buffer every [`FLUSH_INTERVAL`], so a call costs a short copy
+//! under a lock, never a `write` and never a thread wake-up.
+//!
+//! tracing-appender's non-blocking writer wakes its thread for every line; at 2,000 calls/s that
+//! wake-up, its `sched_yield`s and the futex calls on both sides were over a tenth of callgate's
+//! CPU (measured with `perf`, see README "Performance"). Here the thread wakes at most once per
+//! interval while lines arrive, early only when the buffer passes [`HIGH_WATER`], and sleeps
+//! without a timer while nothing is logged.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// How long a line may wait in the buffer before it is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// A buffer this full is flushed at once, without waiting for the interval.
+pub const HIGH_WATER: usize = 256 * 1024;
+/// Lines beyond this are dropped (and counted) rather than letting a stalled stderr grow memory.
+pub const MAX_BUFFERED: usize = 8 * 1024 * 1024;
+
+/// The [`MakeWriter`] handed to `tracing_subscriber`; cheap to clone.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<Shared>,
+}
+
+/// Stops the writer thread, after a last flush, when dropped: keep it alive for the process.
+pub struct LogGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The writer thread, for waking it; set as soon as it is spawned.
+    thread: OnceLock<Thread>,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    buffer: Vec<u8>,
+    /// The writer thread is parked with no deadline: the next line must wake it.
+    idle: bool,
+    /// The writer thread has been woken early for a full buffer and not yet run.
+    urged: bool,
+    stop: bool,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves only bytes behind; keep logging.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wake(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+/// Starts the writer thread, flushing to `out`.
+pub fn writer<W: Write + Send + 'static>(out: W) -> (LogWriter, LogGuard) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        thread: OnceLock::new(),
+        dropped: AtomicU64::new(0),
+    });
+    let thread = std::thread::Builder::new()
+        .name("callgate-log".into())
+        .spawn({
+            let shared = Arc::clone(&shared);
+            move || flush_loop(&shared, out)
+        })
+        .expect("the log writer thread starts");
+    shared.thread.set(thread.thread().clone()).expect("set once, here");
+    (LogWriter { shared: Arc::clone(&shared) }, LogGuard { shared, thread: Some(thread) })
+}
+
+fn flush_loop<W: Write>(shared: &Shared, mut out: W) {
+    let mut spare = Vec::new();
+    loop {
+        let (mut batch, stop) = {
+            let mut state = shared.state();
+            state.urged = false;
+            if state.buffer.is_empty() && !state.stop {
+                state.idle = true;
+                drop(state);
+                std::thread::park();
+                continue;
+            }
+            (std::mem::replace(&mut state.buffer, spare), state.stop)
+        };
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = writeln!(batch, "callgate: {dropped} log lines dropped: stderr is not keeping up");
+        }
+        // A failed write (closed stderr) loses these lines and nothing else.
+        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        if stop {
+            return;
+        }
+        batch.clear();
+        if batch.capacity() > HIGH_WATER * 2 {
+            batch.shrink_to(HIGH_WATER);
+        }
+        spare = batch;
+        // Let lines gather; a full buffer or the guard's drop cuts the wait short.
+        std::thread::park_timeout(FLUSH_INTERVAL);
+    }
+}
+
+impl Write for &LogWriter {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let mut state = self.shared.state();
+        if state.buffer.len() + line.len() > MAX_BUFFERED {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(line.len());
+        }
+        state.buffer.extend_from_slice(line);
+        let wake = if state.idle {
+            state.idle = false;
+            true
+        } else if state.buffer.len() >= HIGH_WATER && !state.urged {
+            state.urged = true;
+            true
+        } else {
+            false
+        };
+        drop(state);
+        if wake {
+            self.shared.wake();
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = &'a LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.shared.state().stop = true;
+        self.shared.wake();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A sink the test can read while the writer thread holds the other end.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn wait_for(sink: &Sink, expected: &str) -> Duration {
+        let start = Instant::now();
+        while sink.text() != expected {
+            assert!(start.elapsed() < Duration::from_secs(5), "never written; have {:?}", sink.text());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        start.elapsed()
+    }
+
+    #[test]
+    fn lines_reach_the_output_in_order_without_a_flush_call() {
+        let sink = Sink::default();
+        let (writer, _guard) = super::writer(sink.clone());
+        (&writer).write_all(b"one\n").unwrap();
+        wait_for(&sink, "one\n");
+        // The thread is now waiting out its interval or idle; both must still deliver.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..250 {
+                        (&writer).write_all(format!("{t}:{i}\n").as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let expected_lines = 1 + 4 * 250;
+        let start = Instant::now();
+        while sink.text().lines().count() < expected_lines {
+            assert!(start.elapsed() < Duration::from_secs(5));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let text = sink.text();
+        for t in 0..4 {
+            let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(&format!("{t}:"))).collect();
+            let want: Vec<String> = (0..250).map(|i| format!("{t}:{i}")).collect();
+            assert_eq!(mine, want, "writer {t}'s lines out of order or lost");
+        }
+    }
+
+    #[test]
+    fn an_idle_writer_wakes_for_the_next_line() {
+        let sink = Sink::default();
+        let (writer, _guard) = super::writer(sink.clone());
+        (&writer).write_all(b"a\n").unwrap();
+        wait_for(&sink, "a\n");
+        // Well past the interval: the thread has found the buffer empty and parked for good.
+        std::thread::sleep(FLUSH_INTERVAL * 3);
+        (&writer).write_all(b"b\n").unwrap();
+        let waited = wait_for(&sink, "a\nb\n");
+        assert!(waited < Duration::from_secs(2), "idle wake-up took {waited:?}");
+    }
+
+    #[test]
+    fn dropping_the_guard_flushes_what_is_buffered() {
+        let sink = Sink::default();
+        let (writer, guard) = super::writer(sink.clone());
+        (&writer).write_all(b"first\n").unwrap();
+        wait_for(&sink, "first\n");
+        // Written during the interval's wait: only the guard's drop can deliver it now.
+        (&writer).write_all(b"last\n").unwrap();
+        drop(guard);
+        assert_eq!(sink.text(), "first\nlast\n");
+    }
+
+    #[test]
+    fn a_stalled_output_drops_lines_and_says_how_many() {
+        /// Blocks every write until released.
+        struct Stalled(Arc<(Mutex<bool>, std::sync::Condvar)>, Sink);
+        impl Write for Stalled {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                let (open, cv) = &*self.0;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+                self.1.write(bytes)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let sink = Sink::default();
+        let (writer, guard) = super::writer(Stalled(Arc::clone(&gate), sink.clone()));
+        // The first line is taken by the thread, which then blocks writing it.
+        (&writer).write_all(b"x\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut line = vec![b'y'; 1023];
+        line.push(b'\n');
+        let fits = MAX_BUFFERED / line.len();
+        for _ in 0..fits + 10 {
+            (&writer).write_all(&line).unwrap();
+        }
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        drop(guard);
+        let text = sink.text();
+        assert!(text.lines().filter(|l| l.starts_with('y')).count() <= fits);
+        assert!(text.contains(" log lines dropped: stderr is not keeping up"), "no drop notice");
+    }
+}

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Demo(args)) => {
             let _guard = init_logging(args.log_format);
-            runtime().block_on(async {
+            runtime(None).block_on(async {
                 let signals = Signals::install();
                 match callgate::demo::run(args.listen, args.admin_listen, signals.first()).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             let _guard = init_logging(settings.log_format);
-            runtime().block_on(async {
+            runtime(settings.worker_threads).block_on(async {
                 // Installed before anything else, so a SIGTERM during a long first load is a
                 // clean shutdown rather than the default kill.
                 let signals = Signals::install();
@@ -72,8 +72,15 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the tokio runtime starts")
+/// The async runtime: `workers` threads (default: one per CPU callgate may use, which tokio
+/// reads from the cgroup's CPU limit) serve calls and admin requests; file reads, saves and
+/// other blocking work run on tokio's separate blocking pool.
+fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().expect("the tokio runtime starts")
 }
 
 /// Logs on stderr through [`callgate::logging`]'s buffered writer, so neither a slow terminal

@@ -99,6 +99,9 @@ pub struct ServeArgs {
     /// Open client connections; beyond it, accepting pauses.
     #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Threads serving calls (default: the CPUs callgate may use, by its cgroup limit).
+    #[arg(long, env = "CALLGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Log line format on stderr; RUST_LOG filters.
     #[arg(long, env = "CALLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -288,6 +291,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
+    /// `None`: one per CPU callgate may use.
+    pub worker_threads: Option<usize>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub api_keys: Vec<ApiKey>,
@@ -353,6 +358,7 @@ impl Settings {
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
+            worker_threads: args.worker_threads.map(usize::from),
             log_format: args.log_format,
             shutdown_grace: args.shutdown_grace,
             api_keys: args.api_keys,

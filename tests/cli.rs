@@ -117,6 +117,7 @@ fn start_up_refuses_bad_flags_with_one_line_and_status_2() {
         &["--upstream", "http://e", "--gate-timeout", "soon"],
         &["--upstream", "http://e", "--no-such-flag"],
         &["--upstream", "http://e", "--log-format", "xml"],
+        &["--upstream", "http://e", "--worker-threads", "0"],
     ] {
         let out = serve(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -22,6 +22,11 @@ impl RouteStore {
         self.current.load()
     }
 
+    /// The table in force, to keep across an await or hand to another thread.
+    pub fn load_full(&self) -> Arc<RouteTable> {
+        self.current.load_full()
+    }
+
     /// Publishes `table` whole; calls already under way keep the snapshot they took. Returns
     /// the table it replaced, so the caller can choose where a large one is freed.
     #[must_use = "freeing a large table is blocking work: drop it off the runtime's workers"]

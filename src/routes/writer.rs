@@ -198,12 +198,13 @@ impl Task {
             self.reload(Missing::IsFine).await;
         }
         let (edits, waiting): (Vec<Edit>, Vec<_>) = jobs.into_iter().unzip();
-        let table = RouteTable::clone(&self.store.load());
+        let current = self.store.load_full();
         let path = self.path.clone();
-        // Copying a large table and writing it out are blocking work: keep them off the
-        // runtime's workers, which serve calls.
+        // Copying a large table (a tenth of a second at a million numbers) and writing it out
+        // are blocking work: keep them off the runtime's workers, which serve calls.
         let saved = tokio::task::spawn_blocking(move || {
-            let mut table = table;
+            let mut table = RouteTable::clone(&current);
+            drop(current);
             let had: Vec<bool> = edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
             save(&path, &table).map(|content| (table, content, had))
         })

@@ -200,8 +200,8 @@ impl Task {
         let (edits, waiting): (Vec<Edit>, Vec<_>) = jobs.into_iter().unzip();
         let current = self.store.load_full();
         let path = self.path.clone();
-        // Copying a large table (a tenth of a second at a million numbers) and writing it out
-        // are blocking work: keep them off the runtime's workers, which serve calls.
+        // Copying a large table and writing it out are blocking work: keep them off the
+        // runtime's workers, which serve calls.
         let saved = tokio::task::spawn_blocking(move || {
             let mut table = RouteTable::clone(&current);
             drop(current);

@@ -13,6 +13,7 @@
 //! cargo bench --bench load -- --profile /tmp/cg --paths accept    # perf record callgate
 //! cargo bench --bench load -- --stubs-only --stubs-file F        # stubs for bench/compare.sh
 //! cargo bench --bench load -- --compare 127.0.0.1:18480 --stubs-file F   # vs nginx+njs
+//! cargo bench --bench load -- --compare A --node B --stubs-file F      # and node+express
 //! ```
 
 #[path = "load/client.rs"]
@@ -101,6 +102,12 @@ pub struct Args {
     /// reported beside callgate's.
     #[arg(long)]
     pub nginx_pid_file: Option<PathBuf>,
+    /// With --compare, also a node+express (bench/node/) listening at this address.
+    #[arg(long)]
+    pub node: Option<SocketAddr>,
+    /// With --node, its primary process: its and its workers' CPU time and memory are reported.
+    #[arg(long)]
+    pub node_pid: Option<u32>,
     /// Profile callgate with `perf record` during a closed loop on each path; writes
     /// PREFIX-PATH.data files.
     #[arg(long)]

@@ -39,11 +39,34 @@ pub async fn stubs_only(args: &Args) {
     std::future::pending::<()>().await;
 }
 
-/// nginx's master and workers, from --nginx-pid-file (none without it).
-fn nginx_pids(args: &Args) -> Vec<u32> {
-    let Some(file) = &args.nginx_pid_file else { return Vec::new() };
-    let master = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok());
-    master.map(process::with_children).unwrap_or_default()
+/// A process (or a master and its workers) doing callgate's job, measured beside it.
+struct Rival {
+    name: &'static str,
+    target: Target,
+    pids: Vec<u32>,
+}
+
+/// nginx+njs at --compare (its master and workers from --nginx-pid-file), and node+express at
+/// --node (its primary and workers from --node-pid) when given.
+fn rivals(args: &Args) -> Vec<Rival> {
+    let nginx_master = args
+        .nginx_pid_file
+        .as_ref()
+        .and_then(|file| std::fs::read_to_string(file).ok())
+        .and_then(|s| s.trim().parse().ok());
+    let mut rivals = vec![Rival {
+        name: "nginx+njs",
+        target: Target::new(args.compare.expect("--compare ADDR")),
+        pids: nginx_master.map(process::with_children).unwrap_or_default(),
+    }];
+    if let Some(addr) = args.node {
+        rivals.push(Rival {
+            name: "node+express",
+            target: Target::new(addr),
+            pids: args.node_pid.map(process::with_children).unwrap_or_default(),
+        });
+    }
+    rivals
 }
 
 /// Reads `KEY=VALUE` lines written by [`stubs_only`].
@@ -58,60 +81,81 @@ fn read_stubs_file(path: &Path) -> (SocketAddr, PathBuf) {
     (get("ENGINE").parse().expect("ENGINE is an address"), PathBuf::from(get("ROUTES")))
 }
 
-/// callgate against nginx+njs on the same stubs: closed loop on the reject and accept paths,
-/// and open loop at 2,000 calls/s on the accept path, with the engine called directly as the
-/// baseline for added latency.
+/// callgate against nginx+njs (and node+express) on the same stubs: closed loop on the reject
+/// and accept paths, and open loop at 2,000 calls/s on the accept path, with the engine called
+/// directly as the baseline for added latency.
 pub async fn compare(args: &Args) {
-    let nginx_addr = args.compare.expect("--compare ADDR");
     let stubs_file = args.stubs_file.clone().expect("--compare needs --stubs-file");
     let (engine, routes) = read_stubs_file(&stubs_file);
     let scratch = Scratch::new();
     let (callgate, features) = start_callgate(args, &scratch.0, engine, &routes).await;
     let idle = ProcStatus::read(callgate.pid());
     let via = Target::new(callgate.public);
-    let nginx = Target::new(nginx_addr);
+    let rivals = rivals(args);
     let direct = Target::new(engine);
     let conns = args.connections;
-    let targets = [("callgate", &via, true), ("nginx+njs", &nginx, true), ("direct", &direct, false)];
+    let mut targets = vec![("callgate", &via, true), ("direct", &direct, false)];
+    targets.extend(rivals.iter().map(|r| (r.name, &r.target, true)));
     warm_up(&targets, &[CallPath::Reject, CallPath::Accept], conns).await;
 
     let run = run_length(args, 5.0);
     let mut rows = Vec::new();
     let closed = Load { rate: None, duration: run, connections: conns };
-    let ngx = nginx_pids(args);
-    let callgate_subject =
-        || Subject { name: "callgate", target: &via, callgate: Some(&callgate), pids: vec![callgate.pid()] };
-    let nginx_subject = || Subject { name: "nginx+njs", target: &nginx, callgate: None, pids: ngx.clone() };
+    let subjects = || {
+        let mut all = vec![Subject {
+            name: "callgate",
+            target: &via,
+            callgate: Some(&callgate),
+            pids: vec![callgate.pid()],
+        }];
+        all.extend(rivals.iter().map(|r| Subject {
+            name: r.name,
+            target: &r.target,
+            callgate: None,
+            pids: r.pids.clone(),
+        }));
+        all
+    };
     for path in [CallPath::Reject, CallPath::Accept] {
-        rows.extend(measure(&[callgate_subject(), nginx_subject()], path, closed).await);
+        rows.extend(measure(&subjects(), path, closed).await);
     }
     let rate = 2000.0;
     let open = Load { rate: Some(rate), ..closed };
-    let direct_subject = Subject { name: "direct", target: &direct, callgate: None, pids: Vec::new() };
-    rows.extend(
-        measure(&[direct_subject, callgate_subject(), nginx_subject()], CallPath::Accept, open).await,
-    );
+    let mut with_direct = vec![Subject { name: "direct", target: &direct, callgate: None, pids: Vec::new() }];
+    with_direct.extend(subjects());
+    rows.extend(measure(&with_direct, CallPath::Accept, open).await);
     let after = ProcStatus::read(callgate.pid());
 
-    report::header("callgate vs nginx+njs");
+    let names: Vec<&str> = rivals.iter().map(|r| r.name).collect();
+    report::header(&format!("callgate vs {}", names.join(" and ")));
     describe_setup(&features, conns);
     println!(
         "run length {run:?} per target and load, in {SLICES} slices taken in turn from each target; \
-         both in front of the same stub gate and engine (another process)"
+         all in front of the same stub gate and engine (another process)"
     );
     report::runs(&rows);
     report::header("Throughput and p99, side by side");
-    report::versus(&rows, "callgate", "nginx+njs");
+    for rival in &names {
+        report::versus(&rows, "callgate", rival);
+        println!();
+    }
     report::header(&format!("Added latency at open {rate:.0}/s, accept path"));
-    report::added(&rows, &format!("open {rate:.0}/s"), "callgate");
-    report::added(&rows, &format!("open {rate:.0}/s"), "nginx+njs");
-    let nginx_rss: u64 = ngx.iter().map(|&p| ProcStatus::read(p).rss_kib).sum();
+    for name in std::iter::once("callgate").chain(names.iter().copied()) {
+        report::added(&rows, &format!("open {rate:.0}/s"), name);
+    }
     println!(
-        "\ncallgate RSS {:.1} MiB idle, {:.1} MiB after ({} threads); nginx+njs RSS after, master and {} workers: {:.1} MiB",
+        "\ncallgate RSS {:.1} MiB idle, {:.1} MiB after ({} threads)",
         idle.rss_mib(),
         after.rss_mib(),
-        after.threads,
-        ngx.len().saturating_sub(1),
-        nginx_rss as f64 / 1024.0
+        after.threads
     );
+    for rival in &rivals {
+        let rss: u64 = rival.pids.iter().map(|&p| ProcStatus::read(p).rss_kib).sum();
+        println!(
+            "{} RSS after, its {} processes: {:.1} MiB",
+            rival.name,
+            rival.pids.len(),
+            rss as f64 / 1024.0
+        );
+    }
 }

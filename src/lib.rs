@@ -129,6 +129,7 @@ pub async fn run(
         listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),
         voice_paths = ?app.settings.voice_paths,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "callgate serving"
     );
     let _tls_watch = server_tls.as_ref().map(|t| AbortOnDrop(t.watch(metrics)));

@@ -28,8 +28,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Demo(args)) => {
+            // Declared after the guard, so dropped before it: lines logged while the runtime
+            // shuts down are still written.
             let _guard = init_logging(args.log_format);
-            runtime(None).block_on(async {
+            let runtime = runtime(None);
+            runtime.block_on(async {
                 let signals = Signals::install();
                 match callgate::demo::run(args.listen, args.admin_listen, signals.first()).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -43,7 +46,8 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             let _guard = init_logging(settings.log_format);
-            runtime(settings.worker_threads).block_on(async {
+            let runtime = runtime(settings.worker_threads);
+            runtime.block_on(async {
                 // Installed before anything else, so a SIGTERM during a long first load is a
                 // clean shutdown rather than the default kill.
                 let signals = Signals::install();

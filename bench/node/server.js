@@ -21,6 +21,7 @@
 const cluster = require('node:cluster');
 const fs = require('node:fs');
 const http = require('node:http');
+const https = require('node:https');
 const os = require('node:os');
 
 const env = process.env;
@@ -42,8 +43,8 @@ const twilio = require('twilio');
 const [listenHost, listenPort] = env.LISTEN.split(':');
 const [engineHost, enginePort] = env.ENGINE.split(':');
 const ROUTES = JSON.parse(fs.readFileSync(env.ROUTES, 'utf8'));
-const NUMBERS = ROUTES.numbers || {};
-const AGENTS = ROUTES.agents || {};
+const NUMBERS = new Map(Object.entries(ROUTES.numbers || {}));
+const AGENTS = new Map(Object.entries(ROUTES.agents || {}));
 const DEFAULT_TIMEOUT_MS = 5000;
 const REJECT_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>';
 const BAD_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
@@ -70,7 +71,7 @@ function parseForm(text) {
   if (BAD_ESCAPE.test(text)) {
     return null;
   }
-  const params = {};
+  const params = Object.create(null);
   try {
     for (const piece of text.split('&')) {
       if (piece.length === 0) {
@@ -97,7 +98,7 @@ function first(params, name) {
 }
 
 function resolve(to) {
-  const entry = NUMBERS[to];
+  const entry = NUMBERS.get(to);
   if (!entry) {
     return { gate: null, source: 'none', agentId: '' };
   }
@@ -105,63 +106,77 @@ function resolve(to) {
   if (entry.gate) {
     return { gate: entry.gate, source: 'number', agentId };
   }
-  const agent = agentId ? AGENTS[agentId] : undefined;
+  const agent = agentId ? AGENTS.get(agentId) : undefined;
   if (agent && agent.gate) {
     return { gate: agent.gate, source: 'agent', agentId };
   }
   return { gate: null, source: 'none', agentId };
 }
 
-// 'accept', 'reject', or a failure cause.
-const gateAgent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+// 'accept', 'reject', or a failure cause, within the gate's timeout for the whole exchange.
+const agents = {
+  'http:': new http.Agent({ keepAlive: true, maxSockets: 256 }),
+  'https:': new https.Agent({ keepAlive: true, maxSockets: 256 }),
+};
 function ask(gate, body) {
   return new Promise((resolve) => {
+    let request;
     let settled = false;
     const done = (answer) => {
       if (!settled) {
         settled = true;
+        clearTimeout(timer);
         resolve(answer);
       }
     };
-    const url = new URL(gate.url);
-    const request = http.request({
-      host: url.hostname, port: url.port, path: url.pathname + url.search, method: 'POST',
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-      agent: gateAgent, timeout: gate.timeout_ms || DEFAULT_TIMEOUT_MS,
-    }, (reply) => {
-      const chunks = [];
-      let size = 0;
-      reply.on('data', (chunk) => {
-        size += chunk.length;
-        if (size > 64 * 1024) {
-          request.destroy();
-          done('malformed');
-        } else {
-          chunks.push(chunk);
-        }
-      });
-      reply.on('end', () => {
-        if (reply.statusCode !== 200) {
-          return done('status');
-        }
-        let answer;
-        try {
-          answer = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-        } catch (e) {
-          return done('malformed');
-        }
-        if (answer === null || typeof answer !== 'object' || Array.isArray(answer)) {
-          return done('malformed');
-        }
-        done(answer.action === 'accept' || answer.action === 'reject' ? answer.action : 'malformed');
-      });
-    });
-    request.on('timeout', () => {
-      request.destroy();
+    const timer = setTimeout(() => {
       done('timeout');
-    });
-    request.on('error', () => done('connect'));
-    request.end(body);
+      if (request) {
+        request.destroy();
+      }
+    }, gate.timeout_ms || DEFAULT_TIMEOUT_MS);
+    try {
+      const url = new URL(gate.url);
+      const client = url.protocol === 'https:' ? https : http;
+      request = client.request(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+        agent: agents[url.protocol],
+      }, (reply) => {
+        const chunks = [];
+        let size = 0;
+        reply.on('data', (chunk) => {
+          size += chunk.length;
+          if (size > 64 * 1024) {
+            done('malformed');
+            request.destroy();
+          } else {
+            chunks.push(chunk);
+          }
+        });
+        // An answer cut off after its head ends in 'close' without 'end'.
+        reply.on('close', () => done(reply.complete ? 'malformed' : 'connect'));
+        reply.on('end', () => {
+          if (reply.statusCode !== 200) {
+            return done('status');
+          }
+          let answer;
+          try {
+            answer = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          } catch (e) {
+            return done('malformed');
+          }
+          if (answer === null || typeof answer !== 'object' || Array.isArray(answer)) {
+            return done('malformed');
+          }
+          done(answer.action === 'accept' || answer.action === 'reject' ? answer.action : 'malformed');
+        });
+      });
+      request.on('error', () => done('connect'));
+      request.end(body);
+    } catch (e) {
+      done('connect');
+    }
   });
 }
 

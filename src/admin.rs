@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::app::App;
+use crate::body;
+use crate::error::RequestError;
 use crate::routes::writer::{Edit, WriteError};
 use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec};
 use crate::settings::ApiKey;
@@ -239,32 +241,29 @@ fn agent_id(segment: &str) -> Result<String, ApiError> {
 
 /// Reads a JSON PUT body: 415 unless `application/json`, 413 over 64 KiB, 400 if not JSON.
 async fn read_json(headers: &HeaderMap, body: Incoming, within: Duration) -> Result<Value, ApiError> {
-    let json = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
+    if !body::is_json(headers) {
         return Err(api_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send Content-Type: application/json",
         ));
     }
-    let too_large =
-        || api_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is over 64 KiB");
-    let declared =
-        headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
-        return Err(too_large());
-    }
-    let collected =
-        tokio::time::timeout(within, Limited::new(body, MAX_ADMIN_BODY).collect()).await.map_err(|_| {
-            api_error(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the body did not arrive in time")
-        })?;
-    let bytes = match collected {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+    let bytes = match body::read(headers, body, MAX_ADMIN_BODY, within).await {
+        Ok(bytes) => bytes,
+        Err(RequestError::BodyTooLarge(_)) => {
+            return Err(api_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the body is over 64 KiB",
+            ))
+        }
+        Err(RequestError::BodyTimeout(_)) => {
+            return Err(api_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the body did not arrive in time",
+            ))
+        }
         Err(_) => return Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", "could not read the body")),
     };
     serde_json::from_slice(&bytes)
@@ -286,7 +285,7 @@ async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gat
     }
     let spec: GateSpec<'_> = GateSpec::deserialize(&value)
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_field", scrub(&e.to_string())))?;
-    spec.validate(&app.validate_options()).map_err(|errors| {
+    spec.validate(&app.settings.validate_options()).map_err(|errors| {
         let first = errors.first();
         let code = match first.map(GateError::field) {
             Some("url") => "invalid_url",

@@ -11,13 +11,13 @@ use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
+use crate::body;
 use crate::engine::{Engine, EngineBody, Peer, MAX_STREAMED_BODY};
 use crate::error::RequestError;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
-use crate::routes::ValidateOptions;
 use crate::settings::{Settings, SignatureMode};
 use crate::webhook::signature::Verifier;
 use crate::webhook::{self, Waits};
@@ -118,10 +118,6 @@ impl App {
         }
     }
 
-    pub fn validate_options(&self) -> ValidateOptions {
-        ValidateOptions { allow_insecure_gates: self.settings.allow_insecure_gates }
-    }
-
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -167,12 +163,7 @@ impl App {
         peer: Peer,
         waits: &mut Waits,
     ) -> Result<Response<ResBody>, RequestError> {
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
+        if body::declared_length(request.headers()).is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
             return Err(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
         }
         let mut request = request.map(|b| Either::Right(Limited::new(b, MAX_STREAMED_BODY)));

@@ -27,8 +27,8 @@ pub type EngineBody = Either<Full<Bytes>, Limited<Incoming>>;
 pub const MAX_STREAMED_BODY: usize = 10 * 1024 * 1024;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -90,7 +90,9 @@ impl Engine {
     /// with its body still streaming. A `101 Switching Protocols` is wired to the client's
     /// upgraded connection here.
     pub async fn forward(&self, mut request: Request<EngineBody>) -> Result<Response<Incoming>, EngineError> {
-        let client_upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+        // `prepare` kept `Upgrade` only on an upgrade request.
+        let client_upgrade =
+            request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
         let sent = tokio::time::timeout(self.timeout, self.client.request(request)).await;
         let mut response = match sent {
             Err(_) => return Err(EngineError::Timeout(self.timeout)),
@@ -128,10 +130,10 @@ impl Engine {
     }
 
     fn upstream_uri(&self, original: &Uri) -> Uri {
-        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
         let path_and_query = if self.upstream.prefix.is_empty() {
             original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))
         } else {
+            let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
             let joined = format!("{}{}", self.upstream.prefix, pq);
             PathAndQuery::try_from(joined).expect("a valid prefix joined to a valid path")
         };
@@ -181,11 +183,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     ] {
         headers.remove(name);
     }
-    if !keep_upgrade {
-        headers.remove(header::UPGRADE);
-    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
     }
 }
 
@@ -199,12 +200,11 @@ pub fn strip_callgate_headers(headers: &mut HeaderMap) {
 }
 
 fn append_forwarded(headers: &mut HeaderMap, peer: Peer) {
-    let ip = peer.addr.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {}", peer.addr.ip()),
+        _ => peer.addr.ip().to_string(),
     };
-    // Several X-Forwarded-For lines fold into one list, ours last.
+    // One X-Forwarded-For line goes on: the first one received, with the client's address last.
     headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR, v);

@@ -3,7 +3,7 @@
 //! reading of the answer into a [`GateDecision`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -15,10 +15,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
+use crate::body;
 use crate::routes::Gate;
 
 /// Largest gate answer read; a longer one is `malformed`.
@@ -102,12 +104,15 @@ impl Signer {
 
     /// The header value for `body` signed at `unix_seconds`.
     pub fn sign(&self, unix_seconds: u64, body: &[u8]) -> String {
+        let mut value = format!("t={unix_seconds},v1=");
         let mut mac = self.key.clone();
-        let t = unix_seconds.to_string();
-        mac.update(t.as_bytes());
+        mac.update(&value.as_bytes()[2..value.len() - 4]);
         mac.update(b".");
         mac.update(body);
-        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex).expect("64 hex digits for 32 bytes");
+        value.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+        value
     }
 }
 
@@ -124,7 +129,7 @@ pub struct GateClient {
     client: HttpsClient,
     default_timeout: Duration,
     max_pending: usize,
-    pending: DashMap<Box<str>, Arc<Semaphore>>,
+    pending: DashMap<Box<str>, Arc<Semaphore>, FxBuildHasher>,
     signer: Option<Signer>,
 }
 
@@ -149,7 +154,7 @@ impl GateClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(256)
             .build(connector);
-        GateClient { client, default_timeout, max_pending, pending: DashMap::new(), signer }
+        GateClient { client, default_timeout, max_pending, pending: DashMap::default(), signer }
     }
 
     /// The deadline that applies to `gate`.
@@ -210,12 +215,7 @@ impl GateClient {
         if response.status() != StatusCode::OK {
             return GateDecision::Failure(FailureCause::Status);
         }
-        let declared = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
             return GateDecision::Failure(FailureCause::Malformed);
         }
         match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
@@ -239,21 +239,6 @@ pub fn parse_answer(body: &[u8]) -> GateDecision {
             },
         },
         _ => GateDecision::Failure(FailureCause::Malformed),
-    }
-}
-
-/// Times one gate exchange for metrics and logs.
-pub struct Timed<T> {
-    pub value: T,
-    pub elapsed: Duration,
-}
-
-impl GateClient {
-    /// [`GateClient::check`], timed.
-    pub async fn check_timed(&self, gate: &Gate, call: &GateRequest<'_>) -> Timed<GateDecision> {
-        let start = Instant::now();
-        let value = self.check(gate, call).await;
-        Timed { value, elapsed: start.elapsed() }
     }
 }
 

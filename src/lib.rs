@@ -10,6 +10,7 @@
 //! - [`server`]: accept loops, connection limits, the graceful drain; [`conn`] keeps the
 //!   header and idle timeouts; [`tls`] serves HTTPS and reloads renewed certificates.
 //! - [`app`]: the state requests share and the two ways out to the engine.
+//! - [`body`]: declared lengths, content types and bounded, timed body reads.
 //! - [`webhook`]: the voice webhook; the only place that orders a call's phases.
 //!   [`webhook::twilio`] parses Twilio's form, [`webhook::signature`] checks
 //!   `X-Twilio-Signature`, [`webhook::twiml`] renders the reject.
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod conn;
 pub mod demo;
 pub mod engine;
@@ -48,7 +50,7 @@ use crate::app::App;
 use crate::gate::{GateClient, Signer};
 use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
-use crate::routes::{RouteTable, ValidateOptions};
+use crate::routes::RouteTable;
 pub use crate::server::Listeners;
 use crate::settings::Settings;
 
@@ -82,7 +84,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let options = ValidateOptions { allow_insecure_gates: settings.allow_insecure_gates };
+    let options = settings.validate_options();
     let metrics = metrics::get();
     let server_tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key)?),

@@ -326,6 +326,11 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// How routes are validated under these settings.
+    pub fn validate_options(&self) -> crate::routes::ValidateOptions {
+        crate::routes::ValidateOptions { allow_insecure_gates: self.allow_insecure_gates }
+    }
+
     pub fn from_args(args: ServeArgs) -> Result<Settings, SettingsError> {
         let upstream = args.upstream.as_deref().ok_or(SettingsError::MissingUpstream)?;
         let upstream = Upstream::parse(upstream)?;

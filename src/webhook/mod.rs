@@ -7,14 +7,14 @@ pub mod twilio;
 pub mod twiml;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::body;
 use crate::engine::Peer;
 use crate::error::RequestError;
 use crate::gate::{GateDecision, GateRequest};
@@ -49,7 +49,7 @@ pub async fn handle(
     waits: &mut Waits,
 ) -> Result<Response<ResBody>, RequestError> {
     let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body, app.settings.header_timeout).await?;
+    let body = body::read(&parts.headers, body, MAX_WEBHOOK_BODY, app.settings.header_timeout).await?;
     // The query lives in the URI; keep our own handle on it so `parts` can move on.
     let uri = parts.uri.clone();
     let (params, carrier) = parse_params(&parts, &uri, &body)?;
@@ -111,7 +111,7 @@ fn parse_params<'b>(
 ) -> Result<(Params<'b>, Carrier), RequestError> {
     if parts.method == Method::GET || parts.method == Method::HEAD {
         Ok((parse_form(uri.query().unwrap_or("").as_bytes())?, Carrier::Query))
-    } else if is_json(&parts.headers) {
+    } else if body::is_json(&parts.headers) {
         Ok((Vec::new(), Carrier::Json))
     } else {
         Ok((parse_form(body)?, Carrier::Form))
@@ -178,9 +178,11 @@ async fn ask(
         call_id: call.call_sid.unwrap_or(""),
         agent_id,
     };
-    let answer = app.gate.check_timed(gate, &request).await;
-    waits.0 += answer.elapsed;
-    let (decision, result, cause, reason) = match answer.value {
+    let started = Instant::now();
+    let answer = app.gate.check(gate, &request).await;
+    let elapsed = started.elapsed();
+    waits.0 += elapsed;
+    let (decision, result, cause, reason) = match answer {
         GateDecision::Accept => (Decision::Accept, GateResult::Accept, None, None),
         GateDecision::Reject { reason } => (Decision::Reject, GateResult::Reject, None, reason),
         GateDecision::Failure(cause) => {
@@ -192,8 +194,8 @@ async fn ask(
             (decision, GateResult::Failure, Some(cause.as_str()), None)
         }
     };
-    app.metrics.record_gate(result, answer.elapsed);
-    Outcome { decision, cause, reason, gate_time: Some(answer.elapsed) }
+    app.metrics.record_gate(result, elapsed);
+    Outcome { decision, cause, reason, gate_time: Some(elapsed) }
 }
 
 /// The one log line per decided call (SPEC §9). The gate is named by its display form only.
@@ -225,38 +227,6 @@ pub fn reject_response() -> Response<ResBody> {
     let mut response = Response::new(Either::Left(Full::new(twiml::reject_busy())));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
     response
-}
-
-/// Reads a webhook body of at most [`MAX_WEBHOOK_BODY`] bytes within `within` (a client that
-/// trickles its body holds a connection as surely as one that trickles its head); a declared
-/// length over the limit is refused before reading anything.
-pub async fn read_body(
-    headers: &http::HeaderMap,
-    body: Incoming,
-    within: Duration,
-) -> Result<Bytes, RequestError> {
-    let declared =
-        headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_WEBHOOK_BODY as u64) {
-        return Err(RequestError::BodyTooLarge(MAX_WEBHOOK_BODY));
-    }
-    let collected = tokio::time::timeout(within, Limited::new(body, MAX_WEBHOOK_BODY).collect())
-        .await
-        .map_err(|_| RequestError::BodyTimeout(within))?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => match e.downcast::<hyper::Error>() {
-            Ok(e) => Err(RequestError::BodyRead(*e)),
-            Err(_) => Err(RequestError::BodyTooLarge(MAX_WEBHOOK_BODY)),
-        },
-    }
-}
-
-fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Sets callgate's own headers on a voice request bound for the engine.

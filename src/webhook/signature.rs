@@ -13,12 +13,10 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use super::twilio::Params;
+use crate::engine::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 type HmacSha1 = Hmac<Sha1>;
 type HmacSha256 = Hmac<Sha256>;
-
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Longest X-Twilio-Signature worth decoding: base64 of an HMAC-SHA256.
 const MAX_SIGNATURE_LEN: usize = 44;

@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::body;
 use crate::error::RequestError;
 use crate::routes::writer::{Edit, WriteError};
-use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec};
+use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec, RouteTable};
 use crate::settings::ApiKey;
 use crate::ResBody;
 
@@ -108,46 +108,10 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
     let method = &parts.method;
     match segments.as_slice() {
         ["v1", "integrations", "precall", "agent", id] => {
-            let id = agent_id(id)?;
-            match *method {
-                Method::PUT => {
-                    let gate = read_gate(app, &parts.headers, body).await?;
-                    let answer = gate_answer("agent_id", &id, Some(&gate));
-                    app.writer.edit(Edit::AgentGate { agent_id: id, gate: Some(gate) }).await?;
-                    Ok(answer.into())
-                }
-                Method::GET => {
-                    let table = app.routes.load();
-                    Ok(gate_state("agent_id", &id, table.agent_gate(&id).map(|g| &**g)).into())
-                }
-                Method::DELETE => {
-                    let deleted =
-                        app.writer.edit(Edit::AgentGate { agent_id: id.clone(), gate: None }).await?;
-                    Ok(json!({ "ok": true, "deleted": deleted, "agent_id": id }).into())
-                }
-                _ => Err(not_allowed()),
-            }
+            gate_endpoint(app, GateOwner::Agent, id, method, &parts.headers, body).await
         }
         ["v1", "integrations", "precall", "number", number] => {
-            let number = phone_number(number)?;
-            match *method {
-                Method::PUT => {
-                    let gate = read_gate(app, &parts.headers, body).await?;
-                    let answer = gate_answer("phone_number", &number, Some(&gate));
-                    app.writer.edit(Edit::NumberGate { number, gate: Some(gate) }).await?;
-                    Ok(answer.into())
-                }
-                Method::GET => {
-                    let table = app.routes.load();
-                    Ok(gate_state("phone_number", &number, table.number_gate(&number).map(|g| &**g)).into())
-                }
-                Method::DELETE => {
-                    let deleted =
-                        app.writer.edit(Edit::NumberGate { number: number.clone(), gate: None }).await?;
-                    Ok(json!({ "ok": true, "deleted": deleted, "phone_number": number }).into())
-                }
-                _ => Err(not_allowed()),
-            }
+            gate_endpoint(app, GateOwner::Number, number, method, &parts.headers, body).await
         }
         ["v1", "numbers", number] => {
             let number = phone_number(number)?;
@@ -174,10 +138,10 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             }
         }
         ["v1", "routes"] => match *method {
-            // Serialised straight from the table: a million numbers never become a `Value`.
-            // off the runtime's workers, which serve calls.
+            // Serialised straight from the table, so a million numbers never become a `Value`,
+            // and off the runtime's workers, which serve calls.
             Method::GET => {
-                let table = arc_swap::Guard::into_inner(app.routes.load());
+                let table = app.routes.load_full();
                 let json = tokio::task::spawn_blocking(move || serde_json::to_vec(&*table))
                     .await
                     .expect("serialising does not panic")
@@ -187,6 +151,73 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             _ => Err(not_allowed()),
         },
         _ => Err(api_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
+    }
+}
+
+/// What a gate endpoint sets the gate of: an agent (`/precall/agent/{agent_id}`) or a number
+/// (`/precall/number/{phone_number}`). The two endpoints differ only in these four things.
+#[derive(Clone, Copy)]
+enum GateOwner {
+    Agent,
+    Number,
+}
+
+impl GateOwner {
+    /// The id's field name in answers.
+    fn key(self) -> &'static str {
+        match self {
+            GateOwner::Agent => "agent_id",
+            GateOwner::Number => "phone_number",
+        }
+    }
+
+    fn parse(self, segment: &str) -> Result<String, ApiError> {
+        match self {
+            GateOwner::Agent => agent_id(segment),
+            GateOwner::Number => phone_number(segment),
+        }
+    }
+
+    fn gate<'t>(self, table: &'t RouteTable, id: &str) -> Option<&'t Gate> {
+        match self {
+            GateOwner::Agent => table.agent_gate(id),
+            GateOwner::Number => table.number_gate(id),
+        }
+        .map(|g| &**g)
+    }
+
+    fn edit(self, id: String, gate: Option<Gate>) -> Edit {
+        match self {
+            GateOwner::Agent => Edit::AgentGate { agent_id: id, gate },
+            GateOwner::Number => Edit::NumberGate { number: id, gate },
+        }
+    }
+}
+
+/// PUT, GET or DELETE of an agent's or a number's gate (SPEC §6).
+async fn gate_endpoint(
+    app: &App,
+    owner: GateOwner,
+    segment: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Answer, ApiError> {
+    let id = owner.parse(segment)?;
+    let key = owner.key();
+    match *method {
+        Method::PUT => {
+            let gate = read_gate(app, headers, body).await?;
+            let answer = gate_answer(key, &id, &gate);
+            app.writer.edit(owner.edit(id, Some(gate))).await?;
+            Ok(answer.into())
+        }
+        Method::GET => Ok(gate_state(key, &id, owner.gate(&app.routes.load(), &id)).into()),
+        Method::DELETE => {
+            let deleted = app.writer.edit(owner.edit(id.clone(), None)).await?;
+            Ok(json!({ "ok": true, "deleted": deleted, key: id }).into())
+        }
+        _ => Err(not_allowed()),
     }
 }
 
@@ -218,10 +249,14 @@ fn not_allowed() -> ApiError {
     api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint takes PUT, GET or DELETE")
 }
 
+/// A path segment percent-decoded, if it decodes to UTF-8.
+fn decoded(segment: &str) -> Option<std::borrow::Cow<'_, str>> {
+    percent_encoding::percent_decode_str(segment).decode_utf8().ok()
+}
+
 /// A `{phone_number}` path segment, `+` or `%2B`, as E.164.
 fn phone_number(segment: &str) -> Result<String, ApiError> {
-    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().ok();
-    match decoded {
+    match decoded(segment) {
         Some(n) if is_e164(&n) => Ok(n.into_owned()),
         _ => Err(api_error(
             StatusCode::BAD_REQUEST,
@@ -232,8 +267,7 @@ fn phone_number(segment: &str) -> Result<String, ApiError> {
 }
 
 fn agent_id(segment: &str) -> Result<String, ApiError> {
-    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().ok();
-    match decoded {
+    match decoded(segment) {
         Some(id) if validate_agent_id(&id) => Ok(id.into_owned()),
         _ => Err(api_error(StatusCode::BAD_REQUEST, "invalid_field", "invalid agent_id")),
     }
@@ -283,8 +317,7 @@ async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gat
             "url is required and must be a string",
         ));
     }
-    let spec: GateSpec<'_> = GateSpec::deserialize(&value)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_field", scrub(&e.to_string())))?;
+    let spec: GateSpec<'_> = from_value(&value)?;
     spec.validate(&app.settings.validate_options()).map_err(|errors| {
         let first = errors.first();
         let code = match first.map(GateError::field) {
@@ -304,8 +337,7 @@ async fn read_assignment(headers: &HeaderMap, body: Incoming, within: Duration) 
         agent_id: String,
     }
     let value = read_json(headers, body, within).await?;
-    let assignment: Assignment = serde::Deserialize::deserialize(&value)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_field", scrub(&e.to_string())))?;
+    let assignment: Assignment = from_value(&value)?;
     if !validate_agent_id(&assignment.agent_id) {
         return Err(api_error(StatusCode::BAD_REQUEST, "invalid_field", "invalid agent_id"));
     }
@@ -324,18 +356,20 @@ fn gate_state(key: &str, id: &str, gate: Option<&Gate>) -> Value {
 }
 
 /// A PUT's answer: the state, plus the options set.
-fn gate_answer(key: &str, id: &str, gate: Option<&Gate>) -> Value {
-    let mut answer = gate_state(key, id, gate);
-    if let Some(gate) = gate {
-        if let Some(ms) = gate.timeout_ms() {
-            answer["timeout_ms"] = json!(ms);
-        }
-        answer["on_failure"] = json!(gate.on_failure().as_str());
+fn gate_answer(key: &str, id: &str, gate: &Gate) -> Value {
+    let mut answer = gate_state(key, id, Some(gate));
+    if let Some(ms) = gate.timeout_ms() {
+        answer["timeout_ms"] = json!(ms);
     }
+    answer["on_failure"] = json!(gate.on_failure().as_str());
     answer
 }
 
-use serde::Deserialize as _;
+/// A JSON value read as `T`; a wrong or unknown field is `invalid_field`, scrubbed of values.
+fn from_value<'v, T: serde::Deserialize<'v>>(value: &'v Value) -> Result<T, ApiError> {
+    T::deserialize(value)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_field", scrub(&e.to_string())))
+}
 
 fn text(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResBody> {
     let mut response = Response::new(Either::Left(Full::new(body)));

@@ -131,38 +131,34 @@ impl Task {
     async fn initial_load(&mut self) -> Result<(), LoadError> {
         let path = self.path.clone();
         let options = self.options;
-        let loaded = tokio::task::spawn_blocking(move || match std::fs::read(&path) {
-            Ok(bytes) => {
-                let parsed = RouteTable::parse(&bytes, &options);
-                let content = fingerprint(&bytes);
-                drop(bytes);
-                release_memory();
-                match parsed {
-                    Ok(table) => Ok(Some((table, content))),
-                    Err(source) => Err(LoadError::Invalid { path: path.display().to_string(), source }),
-                }
+        let loaded = tokio::task::spawn_blocking(move || read_table(&path, &options, None))
+            .await
+            .expect("the load task does not panic");
+        let (table, content) = match loaded {
+            Ok(Read::Parsed(Ok(table), content)) => (table, Some(content)),
+            Ok(Read::Parsed(Err(source), _)) => {
+                return Err(LoadError::Invalid { path: self.path.display().to_string(), source })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoadError::Read { path: path.display().to_string(), source }),
-        })
-        .await
-        .expect("the load task does not panic")?;
-        self.stat = stat(&self.path);
-        let table = match loaded {
-            Some((table, content)) => {
-                self.content = Some(content);
-                table
-            }
-            None => {
+            Ok(Read::Unchanged) => unreachable!("nothing to compare with at start-up"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(path = %self.path.display(), "routes file not found; starting with an empty table");
-                RouteTable::empty()
+                (RouteTable::empty(), None)
             }
+            Err(source) => return Err(LoadError::Read { path: self.path.display().to_string(), source }),
         };
+        self.stat = stat(&self.path);
         tracing::info!(agents = table.agent_count(), numbers = table.number_count(), "routes loaded");
-        self.metrics.record_table(table.agent_count(), table.number_count());
         self.metrics.record_reload(true);
-        retire(self.store.publish(table));
+        self.install(table, content);
         Ok(())
+    }
+
+    /// Puts `table` in force, read from or saved as `content`; the replaced one is freed off
+    /// the runtime's workers.
+    fn install(&mut self, table: RouteTable, content: Option<Fingerprint>) {
+        self.metrics.record_table(table.agent_count(), table.number_count());
+        retire(self.store.publish(table));
+        self.content = content;
     }
 
     async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
@@ -194,9 +190,7 @@ impl Task {
     async fn apply(&mut self, jobs: Vec<(Edit, oneshot::Sender<Result<bool, WriteError>>)>) {
         // A hand edit the watcher has not reported yet is taken in first, so the save below does
         // not write over it: the file's change, then these edits on top.
-        if stat(&self.path) != self.stat {
-            self.reload(Missing::IsFine).await;
-        }
+        self.reload(Missing::IsFine).await;
         let (edits, waiting): (Vec<Edit>, Vec<_>) = jobs.into_iter().unzip();
         let current = self.store.load_full();
         let path = self.path.clone();
@@ -213,9 +207,7 @@ impl Task {
         match saved {
             Ok((table, content, had)) => {
                 self.stat = stat(&self.path);
-                self.metrics.record_table(table.agent_count(), table.number_count());
-                retire(self.store.publish(table));
-                self.content = Some(content);
+                self.install(table, Some(content));
                 for (had, done) in had.into_iter().zip(waiting) {
                     self.metrics.record_admin_write(true);
                     let _ = done.send(Ok(had));
@@ -246,52 +238,59 @@ impl Task {
         let path = self.path.clone();
         let options = self.options;
         let previous = self.content;
-        let outcome =
-            tokio::task::spawn_blocking(move || -> Result<Option<(RouteTable, Fingerprint)>, String> {
-                let bytes = match std::fs::read(&path) {
-                    Ok(bytes) => bytes,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing == Missing::IsFine => {
-                        return Ok(None)
-                    }
-                    Err(e) => return Err(format!("cannot read: {e}")),
-                };
-                let content = fingerprint(&bytes);
-                if Some(content) == previous {
-                    return Ok(None);
-                }
-                let parsed = RouteTable::parse(&bytes, &options)
-                    .map(|t| Some((t, content)))
-                    .map_err(|e| e.to_string());
-                drop(bytes);
-                release_memory();
-                parsed
-            })
+        let outcome = tokio::task::spawn_blocking(move || read_table(&path, &options, previous))
             .await
             .expect("the reload task does not panic");
         self.stat = stat(&self.path);
-        match outcome {
-            Ok(None) => {}
-            Ok(Some((table, content))) => {
+        let reason = match outcome {
+            Ok(Read::Unchanged) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && missing == Missing::IsFine => return,
+            Ok(Read::Parsed(Ok(table), content)) => {
                 tracing::info!(
                     path = %self.path.display(),
                     agents = table.agent_count(),
                     numbers = table.number_count(),
                     "routes reloaded"
                 );
-                self.metrics.record_table(table.agent_count(), table.number_count());
                 self.metrics.record_reload(true);
-                retire(self.store.publish(table));
-                self.content = Some(content);
+                self.install(table, Some(content));
+                return;
             }
-            Err(reason) => {
-                tracing::error!(path = %self.path.display(), %reason, "routes reload failed; the last good table keeps serving");
-                self.metrics.record_reload(false);
-                // The file no longer says what is in force: when good content comes back, even
-                // the same as before, it is loaded (and counted) again.
-                self.content = None;
-            }
-        }
+            Ok(Read::Parsed(Err(e), _)) => e.to_string(),
+            Err(e) => format!("cannot read: {e}"),
+        };
+        tracing::error!(path = %self.path.display(), %reason, "routes reload failed; the last good table keeps serving");
+        self.metrics.record_reload(false);
+        // The file no longer says what is in force: when good content comes back, even the
+        // same as before, it is loaded (and counted) again.
+        self.content = None;
     }
+}
+
+/// What reading the routes file found.
+enum Read {
+    /// The same content as `previous`: nothing to do.
+    Unchanged,
+    /// The content, parsed (or why not), and its fingerprint.
+    Parsed(Result<RouteTable, super::RoutesError>, Fingerprint),
+}
+
+/// Reads and parses the routes file: blocking work, for the blocking pool. The file's bytes
+/// are freed and handed back to the system before the table is returned.
+fn read_table(
+    path: &Path,
+    options: &ValidateOptions,
+    previous: Option<Fingerprint>,
+) -> std::io::Result<Read> {
+    let bytes = std::fs::read(path)?;
+    let content = fingerprint(&bytes);
+    if Some(content) == previous {
+        return Ok(Read::Unchanged);
+    }
+    let parsed = RouteTable::parse(&bytes, options);
+    drop(bytes);
+    release_memory();
+    Ok(Read::Parsed(parsed, content))
 }
 
 /// Frees a replaced table on the blocking pool: at a million numbers that is real work, and

@@ -9,7 +9,6 @@
 //! without a timer while nothing is logged.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
@@ -39,12 +38,13 @@ struct Shared {
     state: Mutex<State>,
     /// The writer thread, for waking it; set as soon as it is spawned.
     thread: OnceLock<Thread>,
-    dropped: AtomicU64,
 }
 
 #[derive(Default)]
 struct State {
     buffer: Vec<u8>,
+    /// Lines dropped since the last write, for the notice that says so.
+    dropped: u64,
     /// The writer thread is parked with no deadline: the next line must wake it.
     idle: bool,
     /// The writer thread has been woken early for a full buffer and not yet run.
@@ -67,11 +67,7 @@ impl Shared {
 
 /// Starts the writer thread, flushing to `out`.
 pub fn writer<W: Write + Send + 'static>(out: W) -> (LogWriter, LogGuard) {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State::default()),
-        thread: OnceLock::new(),
-        dropped: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared { state: Mutex::new(State::default()), thread: OnceLock::new() });
     let thread = std::thread::Builder::new()
         .name("callgate-log".into())
         .spawn({
@@ -86,10 +82,10 @@ pub fn writer<W: Write + Send + 'static>(out: W) -> (LogWriter, LogGuard) {
 fn flush_loop<W: Write>(shared: &Shared, mut out: W) {
     let mut spare = Vec::new();
     loop {
-        let (mut batch, stop) = {
+        let (mut batch, stop, dropped) = {
             let mut state = shared.state();
             state.urged = false;
-            if state.buffer.is_empty() && shared.dropped.load(Ordering::Relaxed) == 0 {
+            if state.buffer.is_empty() && state.dropped == 0 {
                 if state.stop {
                     return;
                 }
@@ -98,9 +94,9 @@ fn flush_loop<W: Write>(shared: &Shared, mut out: W) {
                 std::thread::park();
                 continue;
             }
-            (std::mem::replace(&mut state.buffer, spare), state.stop)
+            let dropped = std::mem::take(&mut state.dropped);
+            (std::mem::replace(&mut state.buffer, spare), state.stop, dropped)
         };
-        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             let _ = writeln!(batch, "callgate: {dropped} log lines dropped: stderr is not keeping up");
         }
@@ -123,7 +119,7 @@ impl Write for &LogWriter {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let mut state = self.shared.state();
         if state.buffer.len() + line.len() > MAX_BUFFERED {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            state.dropped += 1;
             return Ok(line.len());
         }
         state.buffer.extend_from_slice(line);

@@ -50,6 +50,7 @@ impl GateSpec<'_> {
     }
 }
 
+#[cfg(test)]
 impl TryFrom<(GateSpec<'_>, &ValidateOptions)> for Gate {
     type Error = GateError;
 

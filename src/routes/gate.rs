@@ -67,6 +67,7 @@ pub struct Gate {
 }
 
 impl Gate {
+    #[cfg(test)]
     /// Validates `url` and `timeout_ms` (see [`GATE_TIMEOUT_MS`]) into a gate; the first problem
     /// found is the error. [`GateSpec::validate`] reports every problem instead.
     pub fn new(

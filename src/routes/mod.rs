@@ -211,6 +211,7 @@ impl RouteTable {
         self.numbers.len()
     }
 
+    #[cfg(test)]
     /// The table in the routes-file format, keys sorted; `parse` reads it back to an equal
     /// table. For large tables prefer the `Serialize` impl (`serde_json::to_writer`), which
     /// streams instead of building a `Value`.
@@ -243,6 +244,7 @@ impl RouteTable {
         self.numbers.get(&NumberKey::parse(number)?)?.agent_id.as_ref()
     }
 
+    #[cfg(test)]
     /// A copy with the agent's gate set, or with the agent removed (`None`). The caller has
     /// checked `agent_id` with [`validate_agent_id`] (else the saved file would not load).
     pub fn with_agent_gate(&self, agent_id: &str, gate: Option<Gate>) -> RouteTable {
@@ -251,6 +253,7 @@ impl RouteTable {
         next
     }
 
+    #[cfg(test)]
     /// A copy with the number's own gate set or removed.
     pub fn with_number_gate(&self, number: &str, gate: Option<Gate>) -> Result<RouteTable, RoutesError> {
         let mut next = self.clone();
@@ -258,6 +261,7 @@ impl RouteTable {
         Ok(next)
     }
 
+    #[cfg(test)]
     /// A copy with the number's agent set or removed. The agent need not be in the table.
     pub fn with_number_agent(&self, number: &str, agent_id: Option<&str>) -> Result<RouteTable, RoutesError> {
         let mut next = self.clone();

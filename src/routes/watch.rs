@@ -69,21 +69,22 @@ async fn watch_loop(path: PathBuf, writer: Writer, dirty: Arc<Notify>) {
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let polled = tokio::select! {
             _ = dirty.notified() => {
                 // Let the burst settle: every further event restarts the quiet time, up to a limit.
                 let limit = tokio::time::Instant::now() + MAX_DEBOUNCE;
                 while tokio::time::Instant::now() < limit
                     && tokio::time::timeout(DEBOUNCE, dirty.notified()).await.is_ok()
                 {}
+                false
             }
-            _ = poll.tick() => {
-                if stat(&path) == seen {
-                    continue;
-                }
-            }
+            _ = poll.tick() => true,
+        };
+        let now = stat(&path);
+        if polled && now == seen {
+            continue;
         }
-        seen = stat(&path);
+        seen = now;
         writer.reload().await;
     }
 }

@@ -16,6 +16,8 @@
 //! cargo bench --bench load -- --compare A --node B --stubs-file F      # and node+express
 //! ```
 
+#[path = "common/child.rs"]
+mod child;
 #[path = "load/client.rs"]
 mod client;
 #[path = "load/compare.rs"]

@@ -32,6 +32,9 @@
 //! with `cargo build --release --bin callgate` if missing; a warning is printed if it is older
 //! than the sources. The routes file lives in a temporary directory, removed at the end.
 
+#[path = "common/child.rs"]
+mod child;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -417,54 +420,9 @@ fn save_cost(table: &RouteTable, dir: &Path) -> SaveCost {
 // ----------------------------------------------------------------------------------------------
 // The real binary.
 
-fn locate_binary() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| manifest.join("target"));
-    let bin = target.join("release").join("callgate");
-    if !bin.exists() {
-        eprintln!("routes_scale: {} not found; running cargo build --release --bin callgate", bin.display());
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--bin", "callgate"])
-            .current_dir(manifest)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build --release failed");
-    }
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    let newest_source = newest_mtime(&manifest.join("src"));
-    if let (Some(built), Some(source)) = (built, newest_source) {
-        if source > built {
-            eprintln!(
-                "routes_scale: WARNING {} is older than src/; run cargo build --release",
-                bin.display()
-            );
-        }
-    }
-    bin
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let m = entry.metadata().ok()?;
-        let t = if m.is_dir() { newest_mtime(&entry.path()) } else { m.modified().ok() };
-        newest = newest.max(t);
-    }
-    newest
-}
-
 /// VmRSS and VmHWM of `pid`, in KiB.
 fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let field = child::proc_status(pid);
     (field("VmRSS:"), field("VmHWM:"))
 }
 
@@ -621,16 +579,7 @@ impl Callgate {
 
     /// SIGTERM, then SIGKILL after 10 s.
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        child::terminate(&mut self.child, Duration::from_secs(10));
     }
 }
 
@@ -798,7 +747,7 @@ fn main() {
         );
         return;
     }
-    let bin = locate_binary();
+    let bin = child::release_binary("routes_scale");
     let dir = tempfile::Builder::new().prefix("routes_scale").tempdir().expect("temp dir");
     let path = dir.path().join("routes.json");
     let mut rows = Vec::new();

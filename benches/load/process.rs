@@ -14,32 +14,16 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::child;
+
 /// The public URL callgate is told Twilio uses; the load generator signs against it.
 pub const PUBLIC_URL: &str = "https://callgate.example.com";
 /// The bench's Twilio auth token.
 pub const AUTH_TOKEN: &str = "bench0auth0token0000000000000000";
 
-/// Finds the release binary: `--callgate`, else `$CARGO_TARGET_DIR/release/callgate`, else
-/// `target/release/callgate`, building it with `cargo build --release` if it is not there.
+/// The binary to run: `--callgate`, else the release build (built if missing).
 pub fn locate_binary(explicit: Option<&Path>) -> PathBuf {
-    if let Some(path) = explicit {
-        return path.to_owned();
-    }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let bin = target_dir.join("release").join("callgate");
-    if !bin.exists() {
-        eprintln!("load: {} not found; building it", bin.display());
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--bin", "callgate"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "cargo build --release failed");
-    }
-    bin
+    explicit.map_or_else(|| child::release_binary("load"), Path::to_owned)
 }
 
 /// What the binary's `--help` says it supports, so the bench runs callgate as deployed as soon
@@ -136,16 +120,7 @@ impl Callgate {
 
 impl Drop for Callgate {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        child::terminate(&mut self.child, Duration::from_secs(5));
     }
 }
 
@@ -175,14 +150,7 @@ pub struct ProcStatus {
 
 impl ProcStatus {
     pub fn read(pid: u32) -> ProcStatus {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let field = child::proc_status(pid);
         ProcStatus { rss_kib: field("VmRSS:"), threads: field("Threads:") }
     }
 

@@ -4,10 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::Request;
-use http_body_util::Full;
 use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,24 +19,12 @@ async fn status(url: &str) -> u16 {
 async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
     let engine = Stub::start(Reply::json("<Response/>").delay(Duration::from_millis(800))).await;
     // A table big enough to take a moment to load in a debug build.
-    let mut numbers = serde_json::Map::new();
-    for i in 0..300_000 {
-        numbers.insert(format!("+1555{i:07}"), json!({"agent_id": "agent_a"}));
-    }
-    let routes = json!({"numbers": numbers}).to_string();
+    let routes = json!({"numbers": many_numbers(300_000, "agent_a")}).to_string();
     let mut cg = Binary::start(&routes, &engine.url(""), &["--shutdown-grace", "5s"]);
     assert_eq!(status(&cg.admin_url("/readyz")).await, 503, "not ready while the table loads");
     assert_eq!(status(&cg.admin_url("/healthz")).await, 200, "alive all the same");
     // The admin API waits for the table rather than describe an empty one.
-    let table = send(
-        Request::get(cg.admin_url("/v1/routes"))
-            .header("authorization", ADMIN_AUTH)
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let table: serde_json::Value = serde_json::from_slice(&table.body).unwrap();
+    let (_, table) = cg.admin("GET", "/v1/routes", None).await;
     assert_eq!(table["numbers"].as_object().unwrap().len(), 300_000);
     cg.wait_for_log("callgate serving");
     assert_eq!(status(&cg.admin_url("/readyz")).await, 200);
@@ -61,11 +46,8 @@ async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
 #[tokio::test]
 async fn sigterm_during_the_first_load_is_a_clean_shutdown() {
     let engine = Stub::start(Reply::json("")).await;
-    let mut numbers = serde_json::Map::new();
-    for i in 0..300_000 {
-        numbers.insert(format!("+1555{i:07}"), json!({"agent_id": "agent_a"}));
-    }
-    let mut cg = Binary::start(&json!({"numbers": numbers}).to_string(), &engine.url(""), &[]);
+    let routes = json!({"numbers": many_numbers(300_000, "agent_a")}).to_string();
+    let mut cg = Binary::start(&routes, &engine.url(""), &[]);
     cg.signal("TERM");
     assert_eq!(cg.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
@@ -106,23 +88,7 @@ async fn a_second_signal_exits_at_once() {
 
 #[tokio::test]
 async fn a_media_stream_in_flight_may_finish_within_the_grace() {
-    let engine = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let engine_addr = engine.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = engine.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let engine_addr = ws_echo("").await;
     let mut cg = Binary::spawn("{}", &format!("http://{engine_addr}"), &["--shutdown-grace", "10s"]);
     let stream = tokio::net::TcpStream::connect(cg.addr).await.unwrap();
     let (mut ws, _) =

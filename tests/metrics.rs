@@ -141,14 +141,8 @@ async fn counters_move_exactly_as_calls_are_decided() {
 #[tokio::test]
 async fn overload_counts_the_calls_beyond_the_cap() {
     let engine = Stub::start(Reply::json("<Response/>")).await;
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_url = format!("http://{}/g", silent.local_addr().unwrap());
-    let _held = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent = Silent::start().await;
+    let silent_url = format!("http://{}/g", silent.addr);
     let routes = json!({"numbers": {TO: {"gate": {"url": silent_url, "timeout_ms": 2000}}}});
     let cg = std::sync::Arc::new(Binary::spawn(
         &routes.to_string(),
@@ -225,20 +219,10 @@ async fn reloads_and_admin_writes_are_counted() {
     assert_eq!(cg.metric("callgate_routes_entries{kind=\"number\"}").await, 2.0);
     assert_eq!(cg.metric("callgate_routes_entries{kind=\"agent\"}").await, 1.0);
 
-    let put = |body: &str| {
-        Request::put(cg.admin_url("/v1/numbers/+447700900125"))
-            .header("authorization", ADMIN_AUTH)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap()
-    };
-    assert_eq!(send(put(r#"{"agent_id":"a"}"#)).await.unwrap().status, 200);
-    assert_eq!(send(put(r#"{"agent_id":"bad id"}"#)).await.unwrap().status, 400);
+    let put = |agent: &str| cg.admin("PUT", "/v1/numbers/+447700900125", Some(json!({ "agent_id": agent })));
+    assert_eq!(put("a").await.0, 200);
+    assert_eq!(put("bad id").await.0, 400);
     assert_eq!(cg.metric("callgate_admin_writes_total{result=\"ok\"}").await, 1.0);
     assert_eq!(cg.metric("callgate_admin_writes_total{result=\"error\"}").await, 1.0);
     assert_eq!(cg.metric("callgate_routes_entries{kind=\"number\"}").await, 3.0);
 }
-
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;

@@ -113,10 +113,7 @@ async fn invalid_files_keep_the_last_good_table() {
 
 /// A table of `n` numbers whose gated number `TO` points at `gate_url`.
 fn big_table(n: usize, gate_url: &str, agent: &str) -> String {
-    let mut numbers = serde_json::Map::new();
-    for i in 0..n {
-        numbers.insert(format!("+1555{i:07}"), json!({"agent_id": agent}));
-    }
+    let mut numbers = many_numbers(n, agent);
     numbers.insert(TO.into(), json!({"gate": {"url": gate_url}, "agent_id": agent}));
     json!({"agents": {agent: {"gate": {"url": gate_url}}}, "numbers": numbers}).to_string()
 }
@@ -168,11 +165,7 @@ fn bytes_read(pid: u32) -> u64 {
 #[tokio::test]
 async fn an_idle_callgate_does_not_keep_rereading_its_routes_file() {
     let engine = Stub::start(Reply::json("")).await;
-    let mut numbers = serde_json::Map::new();
-    for i in 0..20_000 {
-        numbers.insert(format!("+1555{i:07}"), json!({"agent_id": "agent_a"}));
-    }
-    let routes = json!({"numbers": numbers}).to_string();
+    let routes = json!({"numbers": many_numbers(20_000, "agent_a")}).to_string();
     let cg = Binary::spawn(&routes, &engine.url(""), &[]);
     let path = cg.dir.path().join("routes.json");
     // A change, then reads of the file by others: neither may set off a loop of re-reads.

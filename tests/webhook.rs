@@ -193,18 +193,8 @@ async fn on_failure_reject_turns_a_failure_into_busy() {
 #[tokio::test]
 async fn a_dead_gate_under_200_concurrent_calls_decides_every_call() {
     let engine = Stub::start(twiml_engine()).await;
-    // A gate that accepts connections and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let keeper = {
-        let held = held.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = silent.accept().await {
-                held.lock().unwrap().push(s);
-            }
-        })
-    };
+    let silent = Silent::start().await;
+    let silent_addr = silent.addr;
     // The cap bounds requests waiting at once: a timeout longer than it takes to send all 200
     // calls makes them all wait together, so exactly the cap reaches the gate.
     let routes = serde_json::json!({"numbers": {TO: {"gate": {"url": format!("http://{silent_addr}/p"), "timeout_ms": 4000}}}});
@@ -223,9 +213,8 @@ async fn a_dead_gate_under_200_concurrent_calls_decides_every_call() {
     assert!(started.elapsed() < Duration::from_secs(9), "all decided by the gate timeout");
     let seen = engine.seen();
     assert_eq!(seen.len(), 200, "every call fails open and is forwarded");
-    let gate_connections = held.lock().unwrap().len();
+    let gate_connections = silent.connections();
     assert_eq!(gate_connections, 100, "the cap reaches the gate, the rest fail open at once");
-    keeper.abort();
 }
 
 #[tokio::test]

@@ -3,38 +3,15 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::Callgate;
-
-/// A WebSocket engine that echoes every frame, prefixed so an echo can't be mistaken for a
-/// frame relayed back unchanged by accident.
-async fn echo_engine() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
-                while let Some(Ok(msg)) = ws.next().await {
-                    let reply = match msg {
-                        Message::Text(t) => Message::Text(format!("echo:{t}")),
-                        Message::Binary(b) => Message::Binary([b"echo:".as_slice(), &b].concat()),
-                        Message::Close(_) => break,
-                        _ => continue,
-                    };
-                    ws.send(reply).await.unwrap();
-                }
-            });
-        }
-    });
-    addr
-}
+use support::{ws_echo, Callgate};
 
 #[tokio::test]
 async fn a_media_stream_is_relayed_both_ways() {
-    let engine = echo_engine().await;
+    // Echoes are prefixed so an echo can't be mistaken for a frame relayed back unchanged.
+    let engine = ws_echo("echo:").await;
     let cg = Callgate::spawn("{}", &format!("http://{engine}")).await;
     let stream = TcpStream::connect(cg.addr).await.unwrap();
     let url = format!("ws://{}/twilio/media?CallSid=CA1", cg.addr);

@@ -153,6 +153,93 @@ pub async fn dead_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// A gate that accepts connections and never answers; stops when dropped.
+pub struct Silent {
+    pub addr: SocketAddr,
+    held: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
+    task: JoinHandle<()>,
+}
+
+impl Silent {
+    pub async fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let held = held.clone();
+            async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    held.lock().unwrap().push(stream);
+                }
+            }
+        });
+        Silent { addr, held, task }
+    }
+
+    /// Connections accepted so far (all still held open).
+    pub fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A WebSocket engine that sends back every text and binary frame with `prefix` in front.
+pub async fn ws_echo(prefix: &'static str) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    let reply = match msg {
+                        Message::Text(t) => Message::Text(format!("{prefix}{t}")),
+                        Message::Binary(b) => Message::Binary([prefix.as_bytes(), &b].concat()),
+                        Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `n` numbers `+1555NNNNNNN`, each assigned to `agent`: a table that takes a moment to load.
+pub fn many_numbers(n: usize, agent: &str) -> serde_json::Map<String, serde_json::Value> {
+    (0..n).map(|i| (format!("+1555{i:07}"), serde_json::json!({ "agent_id": agent }))).collect()
+}
+
+/// An admin API call to `admin` with the test key; `body` is sent as JSON when given.
+pub async fn admin_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{admin}{path}"))
+        .header("authorization", ADMIN_AUTH);
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    let answer = send(request.body(Full::new(body)).unwrap()).await.unwrap();
+    let json = serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null);
+    (answer.status, json)
+}
+
 /// The real callgate, served in this process by `callgate::run` on 127.0.0.1:0.
 pub struct Callgate {
     pub addr: SocketAddr,
@@ -212,17 +299,7 @@ impl Callgate {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (StatusCode, serde_json::Value) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.admin, path))
-            .header("authorization", ADMIN_AUTH);
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let answer = send(request.body(Full::new(body)).unwrap()).await.unwrap();
-        let json = serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null);
-        (answer.status, json)
+        admin_call(self.admin, method, path, body).await
     }
 
     /// The table in force, as `GET /v1/routes` shows it.
@@ -337,6 +414,16 @@ pub struct Binary {
 }
 
 impl Binary {
+    /// An admin API call with the test key; `body` is sent as JSON when given.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        admin_call(self.admin, method, path, body).await
+    }
+
     /// Starts callgate with `routes` in front of `upstream`, plus `args`; waits until it serves.
     pub fn spawn(routes: &str, upstream: &str, args: &[&str]) -> Binary {
         let binary = Binary::start(routes, upstream, args);

@@ -42,10 +42,12 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The writer refused it, and counted it as a failed write.
+    from_writer: bool,
 }
 
 fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError { status, code, message: message.into() }
+    ApiError { status, code, message: message.into(), from_writer: false }
 }
 
 impl From<WriteError> for ApiError {
@@ -54,7 +56,10 @@ impl From<WriteError> for ApiError {
             WriteError::ReadOnly(_) => "read_only",
             WriteError::Unsaved(_) | WriteError::Stopped => "unsaved",
         };
-        api_error(StatusCode::SERVICE_UNAVAILABLE, code, format!("{e}; nothing changed"))
+        ApiError {
+            from_writer: true,
+            ..api_error(StatusCode::SERVICE_UNAVAILABLE, code, format!("{e}; nothing changed"))
+        }
     }
 }
 
@@ -67,14 +72,11 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<ResBo
     }
     let write = matches!(*request.method(), Method::PUT | Method::DELETE);
     let result = api(&app, request).await;
-    if write {
-        match &result {
-            Ok(_) => {}
-            // Refused before reaching the writer: count it here (the writer counts its own).
-            Err(e) if e.status != StatusCode::SERVICE_UNAVAILABLE && e.status != StatusCode::UNAUTHORIZED => {
-                app.metrics.record_admin_write(false)
-            }
-            Err(_) => {}
+    // A write refused before it reached the writer is counted here (the writer counts its
+    // own); an unauthenticated request is not a write.
+    if let Err(e) = &result {
+        if write && !e.from_writer && e.status != StatusCode::UNAUTHORIZED {
+            app.metrics.record_admin_write(false);
         }
     }
     match result {

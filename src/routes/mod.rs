@@ -282,13 +282,7 @@ impl RouteTable {
             }
             Some(gate) => {
                 let gate = Some(Arc::new(gate));
-                let agents = Arc::make_mut(&mut self.agents);
-                match agents.get_mut(agent_id) {
-                    Some(agent) => agent.gate = gate,
-                    None => {
-                        agents.insert(agent_id.into(), Agent { gate });
-                    }
-                }
+                Arc::make_mut(&mut self.agents).entry(agent_id.into()).or_default().gate = gate;
             }
         }
         had_gate

@@ -110,9 +110,10 @@ pub async fn run(
             metrics.upkeep();
         }
     }));
+    let public = listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let admin = server::AdminServer::start(Arc::clone(&app), listeners.admin);
     tracing::info!(
-        listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen = %public,
         admin_listen = %admin.addr(),
         settings = ?app.settings,
         "listeners bound"
@@ -128,7 +129,7 @@ pub async fn run(
     app.table_loaded.send_replace(true);
     let _watching = routes::watch::start(app.settings.routes.clone(), writer);
     tracing::info!(
-        listen = %listeners.public.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listen = %public,
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),
         voice_paths = ?app.settings.voice_paths,
         workers = tokio::runtime::Handle::current().metrics().num_workers(),

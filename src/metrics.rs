@@ -63,11 +63,34 @@ pub enum GateResult {
     Failure,
 }
 
+impl GateResult {
+    const ALL: [GateResult; 3] = [GateResult::Accept, GateResult::Reject, GateResult::Failure];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            GateResult::Accept => "accept",
+            GateResult::Reject => "reject",
+            GateResult::Failure => "failure",
+        }
+    }
+}
+
 /// Which listener route a request took, for `callgate_request_duration_seconds`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Voice,
     Proxy,
+}
+
+impl Route {
+    const ALL: [Route; 2] = [Route::Voice, Route::Proxy];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::Voice => "voice",
+            Route::Proxy => "proxy",
+        }
+    }
 }
 
 /// Histogram buckets: 50 µs to 30 s.
@@ -122,10 +145,10 @@ impl Metrics {
                 .map(|d| metrics::counter!("callgate_inbound_calls_total", "decision" => d.as_str())),
             gate_failures: FailureCause::ALL
                 .map(|c| metrics::counter!("callgate_gate_failures_total", "cause" => c.as_str())),
-            gate_duration: ["accept", "reject", "failure"]
-                .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r)),
-            request_duration: ["voice", "proxy"]
-                .map(|r| metrics::histogram!("callgate_request_duration_seconds", "route" => r)),
+            gate_duration: GateResult::ALL
+                .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
+            request_duration: Route::ALL
+                .map(|r| metrics::histogram!("callgate_request_duration_seconds", "route" => r.as_str())),
             overhead: metrics::histogram!("callgate_overhead_seconds"),
             upstream_errors: UpstreamCause::ALL
                 .map(|c| metrics::counter!("callgate_upstream_errors_total", "cause" => c.as_str())),

@@ -2,6 +2,7 @@
 //! `X-Callgate-*`), one pooled client, the response-head deadline, and WebSocket upgrades
 //! relayed byte for byte in both directions.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -200,11 +201,16 @@ pub fn strip_callgate_headers(headers: &mut HeaderMap) {
 }
 
 fn append_forwarded(headers: &mut HeaderMap, peer: Peer) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {}", peer.addr.ip()),
-        _ => peer.addr.ip().to_string(),
-    };
-    // One X-Forwarded-For line goes on: the first one received, with the client's address last.
+    // Every X-Forwarded-For line received folds into one list, the client's address last.
+    let mut xff = String::new();
+    for line in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+        let line = line.trim();
+        if !line.is_empty() {
+            xff.push_str(line);
+            xff.push_str(", ");
+        }
+    }
+    let _ = write!(xff, "{}", peer.addr.ip());
     headers.remove(&X_FORWARDED_FOR);
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -245,5 +251,26 @@ async fn relay(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgr
     let mut engine = TokioIo::new(engine);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut engine).await {
         tracing::debug!(error = %e, "upgraded stream ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_x_forwarded_for_line_is_kept_with_the_client_last() {
+        let peer = Peer { addr: "192.0.2.7:5000".parse().unwrap(), tls: false };
+        let mut headers = HeaderMap::new();
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9, 198.51.100.2"));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static(" "));
+        headers.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.3"));
+        append_forwarded(&mut headers, peer);
+        let all: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all, ["203.0.113.9, 198.51.100.2, 198.51.100.3, 192.0.2.7"]);
+
+        let mut headers = HeaderMap::new();
+        append_forwarded(&mut headers, peer);
+        assert_eq!(headers[X_FORWARDED_FOR], "192.0.2.7");
     }
 }

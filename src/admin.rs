@@ -141,7 +141,7 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
         }
         ["v1", "routes"] => match *method {
             // Serialised straight from the table, so a million numbers never become a `Value`,
-            // and off the runtime's workers, which serve calls.
+            // and off the runtime, which also answers probes and scrapes.
             Method::GET => {
                 let table = app.routes.load_full();
                 let json = tokio::task::spawn_blocking(move || serde_json::to_vec(&*table))

@@ -88,7 +88,12 @@ impl App {
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
-        let engine = Engine::new(settings.upstream.clone(), settings.upstream_timeout, streams.clone());
+        let engine = Engine::new(
+            settings.upstream.clone(),
+            settings.upstream_timeout,
+            streams.clone(),
+            settings.workers(),
+        );
         let verifier = (settings.twilio_signature != SignatureMode::Off).then(|| {
             Verifier::new(
                 settings.twilio_auth_tokens.iter().map(|t| t.expose().to_owned()).collect(),

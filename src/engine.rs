@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::UpstreamCause;
 use crate::settings::Upstream;
+use crate::workers::PerWorker;
 
 /// A request body on its way to the engine: buffered (voice and signed paths) or streamed with
 /// a size cap (everything else).
@@ -67,7 +68,8 @@ pub struct Peer {
 
 /// The voice engine, behind one pooled client.
 pub struct Engine {
-    client: Client<HttpConnector, EngineBody>,
+    /// A pool per call worker (see [`crate::workers`]).
+    client: PerWorker<Client<HttpConnector, EngineBody>>,
     upstream: Upstream,
     timeout: Duration,
     /// Upgraded streams (WebSockets) in flight, for the graceful drain.
@@ -75,15 +77,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(upstream: Upstream, timeout: Duration, streams: TaskTracker) -> Engine {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(http);
+    pub fn new(upstream: Upstream, timeout: Duration, streams: TaskTracker, workers: usize) -> Engine {
+        let client = PerWorker::new(workers, || {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(1024)
+                .build(http)
+        });
         Engine { client, upstream, timeout, streams }
     }
 
@@ -94,7 +98,7 @@ impl Engine {
         // `prepare` kept `Upgrade` only on an upgrade request.
         let client_upgrade =
             request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
-        let sent = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        let sent = tokio::time::timeout(self.timeout, self.client.get().request(request)).await;
         let mut response = match sent {
             Err(_) => return Err(EngineError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(EngineError::Connect(e)),

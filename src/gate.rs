@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 
 use crate::body;
 use crate::routes::Gate;
+use crate::workers::PerWorker;
 
 /// Largest gate answer read; a longer one is `malformed`.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -126,7 +127,8 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One client for all gates; cheap to share behind an `Arc`.
 pub struct GateClient {
-    client: HttpsClient,
+    /// A pool per call worker (see [`crate::workers`]).
+    client: PerWorker<HttpsClient>,
     default_timeout: Duration,
     max_pending: usize,
     pending: DashMap<Box<str>, Arc<Semaphore>, FxBuildHasher>,
@@ -139,21 +141,24 @@ impl GateClient {
         default_timeout: Duration,
         max_pending: usize,
         signer: Option<Signer>,
+        workers: usize,
     ) -> GateClient {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let client = PerWorker::new(workers, || {
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http);
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(256)
+                .build(connector)
+        });
         GateClient { client, default_timeout, max_pending, pending: DashMap::default(), signer }
     }
 
@@ -208,7 +213,7 @@ impl GateClient {
     }
 
     async fn exchange(&self, request: Request<Full<Bytes>>) -> GateDecision {
-        let response = match self.client.request(request).await {
+        let response = match self.client.get().request(request).await {
             Ok(r) => r,
             Err(_) => return GateDecision::Failure(FailureCause::Connect),
         };

@@ -7,7 +7,8 @@
 //! # Layout
 //!
 //! - [`settings`]: flags and environment → validated [`settings::Settings`].
-//! - [`server`]: accept loops, connection limits, the graceful drain; [`conn`] keeps the
+//! - [`server`]: accept loops, connection limits, the graceful drain; [`workers`] runs the
+//!   call workers, a thread and runtime each, with their own connection pools; [`conn`] keeps the
 //!   header and idle timeouts; [`tls`] serves HTTPS and reloads renewed certificates.
 //! - [`app`]: the state requests share and the two ways out to the engine.
 //! - [`body`]: declared lengths, content types and bounded, timed body reads.
@@ -38,6 +39,7 @@ pub mod server;
 pub mod settings;
 pub mod tls;
 pub mod webhook;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -101,6 +103,7 @@ pub async fn run(
         settings.gate_timeout,
         settings.gate_max_pending as usize,
         signer,
+        settings.workers(),
     );
     let app = Arc::new(App::new(settings, routes, writer.clone(), gate, metrics));
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
@@ -132,7 +135,7 @@ pub async fn run(
         listen = %public,
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),
         voice_paths = ?app.settings.voice_paths,
-        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        workers = app.settings.workers(),
         "callgate serving"
     );
     let _tls_watch = server_tls.as_ref().map(|t| AbortOnDrop(t.watch(metrics)));

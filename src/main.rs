@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             // Declared after the guard, so dropped before it: lines logged while the runtime
             // shuts down are still written.
             let _guard = init_logging(args.log_format);
-            let runtime = runtime(None);
+            let runtime = runtime();
             runtime.block_on(async {
                 let signals = Signals::install();
                 match callgate::demo::run(args.listen, args.admin_listen, signals.first()).await {
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             let _guard = init_logging(settings.log_format);
-            let runtime = runtime(settings.worker_threads);
+            let runtime = runtime();
             runtime.block_on(async {
                 // Installed before anything else, so a SIGTERM during a long first load is a
                 // clean shutdown rather than the default kill.
@@ -76,15 +76,11 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// The async runtime: `workers` threads (default: one per CPU callgate may use, which tokio
-/// reads from the cgroup's CPU limit) serve calls and admin requests; file reads, saves and
-/// other blocking work run on tokio's separate blocking pool.
-fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
-    builder.enable_all().build().expect("the tokio runtime starts")
+/// The control runtime: start-up, signals, the admin listener, reloads and admin writes, on
+/// the main thread (file reads and saves go to its blocking pool). Calls are served by the
+/// call workers, each on a runtime of its own (see [`callgate::workers`]).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the tokio runtime starts")
 }
 
 /// Logs on stderr through [`callgate::logging`]'s buffered writer, so neither a slow terminal

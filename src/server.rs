@@ -62,10 +62,12 @@ impl AdminServer {
         let addr = listener.local_addr().expect("a bound listener has an address");
         let (stop, stopped) = watch::channel(false);
         let limits = Limits { max_connections: 1024, ..Limits::from_settings(&app.settings, None) };
-        let task = tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), limits, move |_peer| {
-            let app = Arc::clone(&app);
-            move |request| admin::handle(Arc::clone(&app), request)
-        }));
+        let limit = Arc::new(Semaphore::new(limits.max_connections));
+        let task =
+            tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), limits, limit, move |_peer| {
+                let app = Arc::clone(&app);
+                move |request| admin::handle(Arc::clone(&app), request)
+            }));
         AdminServer { addr, stop, task }
     }
 
@@ -79,8 +81,9 @@ impl AdminServer {
     }
 }
 
-/// Serves the public listener until `shutdown` completes, then drains: readiness is withdrawn,
-/// accepting stops, requests and upgraded streams in flight get `--shutdown-grace` to finish.
+/// Serves the public listener on the call workers (see [`crate::workers`]) until `shutdown`
+/// completes, then drains: readiness is withdrawn, accepting stops, requests and upgraded
+/// streams in flight get `--shutdown-grace` to finish, and what is left is cut off.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
@@ -88,27 +91,44 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_public, public_stopped) = watch::channel(false);
+    let (cut_off, cut) = watch::channel(false);
     let connections = TaskTracker::new();
-    let public = tokio::spawn(accept_loop(
-        listener,
-        public_stopped,
-        connections.clone(),
-        Limits::from_settings(&app.settings, tls),
-        {
+    let accepting = TaskTracker::new();
+    let limits = Limits::from_settings(&app.settings, tls);
+    // One cap over every worker's connections.
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
+    let listener = listener.into_std().expect("a listener leaves the runtime it was bound on");
+    let workers: Vec<_> = (0..app.settings.workers())
+        .map(|index| {
+            // Each worker polls its own handle on the one listening socket; the kernel hands a
+            // new connection to whichever accepts first, so an idle worker takes more.
+            let listener = listener.try_clone().expect("a listening socket can be duplicated");
+            let (stopped, mut cut) = (public_stopped.clone(), cut.clone());
+            let (connections, limits, limit) = (connections.clone(), limits.clone(), Arc::clone(&limit));
             let app = Arc::clone(&app);
-            move |peer| {
-                let app = Arc::clone(&app);
-                move |request| handle_public(Arc::clone(&app), request, peer)
-            }
-        },
-    ));
+            let accepting = accepting.token();
+            crate::workers::spawn(index, move || async move {
+                let listener = TcpListener::from_std(listener).expect("a worker registers the listener");
+                accept_loop(listener, stopped, connections, limits, limit, move |peer| {
+                    let app = Arc::clone(&app);
+                    move |request| handle_public(Arc::clone(&app), request, peer)
+                })
+                .await;
+                drop(accepting);
+                // The connections and streams on this worker's runtime live until cut off.
+                stop_signal(&mut cut).await;
+            })
+        })
+        .collect();
+    drop(listener);
 
     app.set_ready(true);
     shutdown.await;
     app.set_ready(false);
     tracing::info!(grace = ?app.settings.shutdown_grace, "shutting down: no longer accepting calls");
     let _ = stop_public.send(true);
-    let _ = public.await;
+    accepting.close();
+    accepting.wait().await;
     connections.close();
     app.streams.close();
     let drained = tokio::time::timeout(app.settings.shutdown_grace, async {
@@ -124,6 +144,13 @@ pub async fn serve(
             "shutdown grace over; cutting off what is still in flight"
         ),
     }
+    let _ = cut_off.send(true);
+    let _ = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            let _ = worker.join();
+        }
+    })
+    .await;
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
@@ -155,19 +182,20 @@ impl Limits {
     }
 }
 
-/// Accepts until `stopped` turns true, serving each connection with the service `make(peer)`.
+/// Accepts until `stopped` turns true, serving each connection with the service `make(peer)`
+/// while `limit` has a permit for it.
 async fn accept_loop<M, S, F>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     connections: TaskTracker,
     limits: Limits,
+    limit: Arc<Semaphore>,
     make: M,
 ) where
     M: Fn(Peer) -> S,
     S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ResBody>> + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(limits.max_connections));
     let builder = connection_builder();
     loop {
         // At the limit, stop accepting until a connection closes (the kernel queues the rest).

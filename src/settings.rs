@@ -331,6 +331,11 @@ impl Settings {
         crate::routes::ValidateOptions { allow_insecure_gates: self.allow_insecure_gates }
     }
 
+    /// Call workers to run: `--worker-threads`, else one per CPU callgate may use.
+    pub fn workers(&self) -> usize {
+        self.worker_threads.unwrap_or_else(crate::workers::default_count)
+    }
+
     pub fn from_args(args: ServeArgs) -> Result<Settings, SettingsError> {
         let upstream = args.upstream.as_deref().ok_or(SettingsError::MissingUpstream)?;
         let upstream = Upstream::parse(upstream)?;

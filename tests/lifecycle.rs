@@ -169,7 +169,12 @@ async fn worker_threads_sets_the_threads_serving_calls() {
         let cg = Binary::spawn("{}", &engine.url(""), &["--worker-threads", &workers.to_string()]);
         let answer = post_form(&cg.url("/twilio/voice"), &ringing(TO)).await;
         assert_eq!(answer.status, 200, "serves calls");
-        // As the runtime itself counts them (its blocking pool's threads share the name).
         assert_eq!(cg.wait_for_log("callgate serving")["workers"], workers);
+        let named = std::fs::read_dir(format!("/proc/{}/task", cg.child.id()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .filter(|name| name.starts_with("callgate-w"))
+            .count();
+        assert_eq!(named, workers, "one thread per call worker");
     }
 }

@@ -29,7 +29,7 @@ impl RouteStore {
 
     /// Publishes `table` whole; calls already under way keep the snapshot they took. Returns
     /// the table it replaced, so the caller can choose where a large one is freed.
-    #[must_use = "freeing a large table is blocking work: drop it off the runtime's workers"]
+    #[must_use = "freeing a large table is blocking work: drop it off the async runtime"]
     pub fn publish(&self, table: RouteTable) -> Arc<RouteTable> {
         self.current.swap(Arc::new(table))
     }

@@ -154,7 +154,7 @@ impl Task {
     }
 
     /// Puts `table` in force, read from or saved as `content`; the replaced one is freed off
-    /// the runtime's workers.
+    /// the async runtime.
     fn install(&mut self, table: RouteTable, content: Option<Fingerprint>) {
         self.metrics.record_table(table.agent_count(), table.number_count());
         retire(self.store.publish(table));
@@ -195,7 +195,7 @@ impl Task {
         let current = self.store.load_full();
         let path = self.path.clone();
         // Copying a large table and writing it out are blocking work: keep them off the
-        // runtime's workers, which serve calls.
+        // runtime, which answers probes and the admin API meanwhile.
         let saved = tokio::task::spawn_blocking(move || {
             let mut table = RouteTable::clone(&current);
             drop(current);
@@ -294,7 +294,7 @@ fn read_table(
 }
 
 /// Frees a replaced table on the blocking pool: at a million numbers that is real work, and
-/// the runtime's workers serve calls.
+/// the runtime answers probes and the admin API meanwhile.
 fn retire(old: Arc<RouteTable>) {
     tokio::task::spawn_blocking(move || {
         drop(old);

@@ -38,7 +38,8 @@ impl<T> PerWorker<T> {
 }
 
 /// Starts call worker `index` on a thread of its own, running `serve` on a single-threaded
-/// runtime until it completes; then every task still on that runtime is dropped.
+/// runtime until it completes; then every task still on that runtime is dropped, and its
+/// blocking work is given a second to finish.
 pub fn spawn<F, Fut>(index: usize, serve: F) -> std::thread::JoinHandle<()>
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -53,6 +54,9 @@ where
                 .build()
                 .expect("a worker's runtime starts");
             runtime.block_on(serve());
+            // A gate's DNS lookup still under way on this runtime's blocking pool must not hold
+            // up the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         })
         .expect("a worker thread starts")
 }

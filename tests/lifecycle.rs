@@ -44,6 +44,26 @@ async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
 }
 
 #[tokio::test]
+async fn calls_in_flight_on_every_worker_finish_before_the_exit() {
+    let engine = Stub::start(Reply::json("<Response/>").delay(Duration::from_millis(600))).await;
+    let mut cg = Binary::spawn("{}", &engine.url(""), &["--worker-threads", "4", "--shutdown-grace", "5s"]);
+    // Each on a connection of its own, so they are spread over the workers that accept them.
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let url = cg.url("/twilio/status");
+            tokio::spawn(async move { get(&url).await.map(|a| a.status.as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cg.signal("TERM");
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap(), 200, "a call in flight completes");
+    }
+    assert_eq!(cg.wait_exit(Duration::from_secs(5)).code(), Some(0));
+    cg.wait_for_log("drained; every call in flight finished");
+}
+
+#[tokio::test]
 async fn sigterm_during_the_first_load_is_a_clean_shutdown() {
     let engine = Stub::start(Reply::json("")).await;
     let routes = json!({"numbers": many_numbers(300_000, "agent_a")}).to_string();

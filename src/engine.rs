@@ -1,6 +1,6 @@
 //! Forwarding to the voice engine: header hygiene (hop-by-hop headers, `X-Forwarded-*`,
-//! `X-Callgate-*`), one pooled client, the response-head deadline, and WebSocket upgrades
-//! relayed byte for byte in both directions.
+//! `X-Callgate-*`), a connection pool per call worker, the response-head deadline, and
+//! WebSocket upgrades relayed byte for byte in both directions.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -66,7 +66,8 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// The voice engine, behind one pooled client.
+/// The voice engine, behind a connection pool per call worker: the engine is one busy local
+/// upstream, so each worker keeps connections of its own, used only from its thread.
 pub struct Engine {
     /// A pool per call worker (see [`crate::workers`]).
     client: PerWorker<Client<HttpConnector, EngineBody>>,

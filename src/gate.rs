@@ -1,9 +1,11 @@
-//! The gate client: one pooled HTTP(S) client for every customer gate, one deadline over the
-//! whole exchange, a cap on requests waiting per gate, optional request signing, and the strict
-//! reading of the answer into a [`GateDecision`].
+//! The gate client: pooled HTTP(S) connections to every customer gate (a busy gate's on each
+//! call worker, a quiet gate's shared), one deadline over the whole exchange, a cap on requests
+//! waiting per gate, optional request signing, and the strict reading of the answer into a
+//! [`GateDecision`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -22,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::body;
 use crate::routes::Gate;
-use crate::workers::PerWorker;
+use crate::workers::{self, PerWorker};
 
 /// Largest gate answer read; a longer one is `malformed`.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -33,6 +35,10 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Gate URLs tracked for `--gate-max-pending` before idle ones are forgotten.
 const MAX_TRACKED_GATES: usize = 10_000;
+
+/// A call worker that called a gate this recently uses its own pool for the gate: it calls the
+/// gate often enough to keep a connection of its own open (see [`POOL_IDLE_TIMEOUT`]).
+const BUSY_WITHIN_MS: u64 = 1_000;
 
 /// Why a gate exchange did not produce an accept or a reject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,14 +131,29 @@ impl std::fmt::Debug for Signer {
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// One client for all gates; cheap to share behind an `Arc`.
+/// Every gate's connections, in two kinds of pool. A call uses the pool of the call worker it
+/// runs on when that worker called the same gate within [`BUSY_WITHIN_MS`]: a busy gate's
+/// connections then live on the thread that uses them. Otherwise it uses the shared pool, so a
+/// quiet gate's few connections stay warm for whichever worker gets its next call, rather
+/// than each worker's pool going cold in turn (a new TLS connection to a gate is post-dial
+/// delay). Cheap to share behind an `Arc`.
 pub struct GateClient {
-    /// A pool per call worker (see [`crate::workers`]).
-    client: PerWorker<HttpsClient>,
+    local: PerWorker<HttpsClient>,
+    shared: HttpsClient,
     default_timeout: Duration,
     max_pending: usize,
-    pending: DashMap<Box<str>, Arc<Semaphore>, FxBuildHasher>,
+    gates: DashMap<Box<str>, Arc<GateState>, FxBuildHasher>,
+    /// Where [`GateState::last_call`] times are counted from.
+    epoch: Instant,
     signer: Option<Signer>,
+}
+
+/// What the client keeps per gate URL.
+struct GateState {
+    /// `--gate-max-pending` permits.
+    pending: Arc<Semaphore>,
+    /// Per call worker: when it last called this gate, in ms since the client's epoch, plus one.
+    last_call: Box<[AtomicU64]>,
 }
 
 impl GateClient {
@@ -143,7 +164,7 @@ impl GateClient {
         signer: Option<Signer>,
         workers: usize,
     ) -> GateClient {
-        let client = PerWorker::new(workers, || {
+        let pool = || {
             let mut http = HttpConnector::new();
             http.enforce_http(false);
             http.set_nodelay(true);
@@ -158,8 +179,16 @@ impl GateClient {
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .pool_max_idle_per_host(256)
                 .build(connector)
-        });
-        GateClient { client, default_timeout, max_pending, pending: DashMap::default(), signer }
+        };
+        GateClient {
+            local: PerWorker::new(workers, pool),
+            shared: pool(),
+            default_timeout,
+            max_pending,
+            gates: DashMap::default(),
+            epoch: Instant::now(),
+            signer,
+        }
     }
 
     /// The deadline that applies to `gate`.
@@ -169,31 +198,44 @@ impl GateClient {
 
     /// Asks `gate` about a call. Never fails: every problem is a [`GateDecision::Failure`].
     pub async fn check(&self, gate: &Gate, call: &GateRequest<'_>) -> GateDecision {
-        let Some(_permit) = self.permit(gate) else {
+        let Some((_permit, pool)) = self.admit(gate) else {
             return GateDecision::Failure(FailureCause::Overload);
         };
         let body = Bytes::from(serde_json::to_vec(call).expect("plain strings serialise"));
         let request = self.request(gate, body);
-        match tokio::time::timeout(self.timeout_for(gate), self.exchange(request)).await {
+        match tokio::time::timeout(self.timeout_for(gate), self.exchange(pool, request)).await {
             Ok(decision) => decision,
             Err(_) => GateDecision::Failure(FailureCause::Timeout),
         }
     }
 
-    fn permit(&self, gate: &Gate) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let semaphore = match self.pending.get(gate.url()) {
+    /// A `--gate-max-pending` permit for `gate` and the pool to call it through, or `None` when
+    /// the gate already has its fill of requests waiting.
+    fn admit(&self, gate: &Gate) -> Option<(tokio::sync::OwnedSemaphorePermit, &HttpsClient)> {
+        let state = match self.gates.get(gate.url()) {
             Some(s) => Arc::clone(&s),
             None => {
-                if self.pending.len() >= MAX_TRACKED_GATES {
+                if self.gates.len() >= MAX_TRACKED_GATES {
                     // Forget gates with nothing waiting on them: their cap starts afresh if
                     // they are called again. Bounds the map when gate URLs churn.
-                    self.pending.retain(|_, s| s.available_permits() < self.max_pending);
+                    self.gates.retain(|_, s| s.pending.available_permits() < self.max_pending);
                 }
-                let entry = self.pending.entry(gate.url().into());
-                entry.or_insert_with(|| Arc::new(Semaphore::new(self.max_pending))).value().clone()
+                let entry = self.gates.entry(gate.url().into());
+                entry.or_insert_with(|| Arc::new(self.new_state())).value().clone()
             }
         };
-        semaphore.try_acquire_owned().ok()
+        let permit = Arc::clone(&state.pending).try_acquire_owned().ok()?;
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = state.last_call[workers::index() % state.last_call.len()].swap(now, Ordering::Relaxed);
+        let busy = last != 0 && now - last <= BUSY_WITHIN_MS;
+        Some((permit, if busy { self.local.get() } else { &self.shared }))
+    }
+
+    fn new_state(&self) -> GateState {
+        GateState {
+            pending: Arc::new(Semaphore::new(self.max_pending)),
+            last_call: (0..self.local.count()).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 
     fn request(&self, gate: &Gate, body: Bytes) -> Request<Full<Bytes>> {
@@ -212,8 +254,8 @@ impl GateClient {
         request
     }
 
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> GateDecision {
-        let response = match self.client.get().request(request).await {
+    async fn exchange(&self, pool: &HttpsClient, request: Request<Full<Bytes>>) -> GateDecision {
+        let response = match pool.request(request).await {
             Ok(r) => r,
             Err(_) => return GateDecision::Failure(FailureCause::Connect),
         };

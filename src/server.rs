@@ -61,13 +61,12 @@ impl AdminServer {
     pub fn start(app: Arc<App>, listener: TcpListener) -> AdminServer {
         let addr = listener.local_addr().expect("a bound listener has an address");
         let (stop, stopped) = watch::channel(false);
-        let limits = Limits { max_connections: 1024, ..Limits::from_settings(&app.settings, None) };
-        let limit = Arc::new(Semaphore::new(limits.max_connections));
-        let task =
-            tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), limits, limit, move |_peer| {
-                let app = Arc::clone(&app);
-                move |request| admin::handle(Arc::clone(&app), request)
-            }));
+        let max_connections = Arc::new(Semaphore::new(1024));
+        let limits = Limits { max_connections, ..Limits::from_settings(&app.settings, None) };
+        let task = tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), limits, move |_peer| {
+            let app = Arc::clone(&app);
+            move |request| admin::handle(Arc::clone(&app), request)
+        }));
         AdminServer { addr, stop, task }
     }
 
@@ -93,10 +92,7 @@ pub async fn serve(
     let (stop_public, public_stopped) = watch::channel(false);
     let (cut_off, cut) = watch::channel(false);
     let connections = TaskTracker::new();
-    let accepting = TaskTracker::new();
     let limits = Limits::from_settings(&app.settings, tls);
-    // One cap over every worker's connections.
-    let limit = Arc::new(Semaphore::new(limits.max_connections));
     let listener = listener.into_std().expect("a listener leaves the runtime it was bound on");
     let workers: Vec<_> = (0..app.settings.workers())
         .map(|index| {
@@ -104,12 +100,14 @@ pub async fn serve(
             // new connection to whichever accepts first, so an idle worker takes more.
             let listener = listener.try_clone().expect("a listening socket can be duplicated");
             let (stopped, mut cut) = (public_stopped.clone(), cut.clone());
-            let (connections, limits, limit) = (connections.clone(), limits.clone(), Arc::clone(&limit));
+            let (connections, limits) = (connections.clone(), limits.clone());
             let app = Arc::clone(&app);
-            let accepting = accepting.token();
+            // Counted with the connections until the accept loop ends, so the drain cannot
+            // finish before the last connection accepted has.
+            let accepting = connections.token();
             crate::workers::spawn(index, move || async move {
                 let listener = TcpListener::from_std(listener).expect("a worker registers the listener");
-                accept_loop(listener, stopped, connections, limits, limit, move |peer| {
+                accept_loop(listener, stopped, connections, limits, move |peer| {
                     let app = Arc::clone(&app);
                     move |request| handle_public(Arc::clone(&app), request, peer)
                 })
@@ -127,8 +125,6 @@ pub async fn serve(
     app.set_ready(false);
     tracing::info!(grace = ?app.settings.shutdown_grace, "shutting down: no longer accepting calls");
     let _ = stop_public.send(true);
-    accepting.close();
-    accepting.wait().await;
     connections.close();
     app.streams.close();
     let drained = tokio::time::timeout(app.settings.shutdown_grace, async {
@@ -147,7 +143,9 @@ pub async fn serve(
     let _ = cut_off.send(true);
     let _ = tokio::task::spawn_blocking(move || {
         for worker in workers {
-            let _ = worker.join();
+            if worker.join().is_err() {
+                tracing::error!("a call worker panicked");
+            }
         }
     })
     .await;
@@ -167,7 +165,8 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 pub struct Limits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
-    pub max_connections: usize,
+    /// A permit per open connection, shared by every accept loop on the listener.
+    pub max_connections: Arc<Semaphore>,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -176,20 +175,19 @@ impl Limits {
         Limits {
             header_timeout: settings.header_timeout,
             idle_timeout: settings.idle_timeout,
-            max_connections: settings.max_connections as usize,
+            max_connections: Arc::new(Semaphore::new(settings.max_connections as usize)),
             tls,
         }
     }
 }
 
 /// Accepts until `stopped` turns true, serving each connection with the service `make(peer)`
-/// while `limit` has a permit for it.
+/// while `limits.max_connections` has a permit for it.
 async fn accept_loop<M, S, F>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     connections: TaskTracker,
     limits: Limits,
-    limit: Arc<Semaphore>,
     make: M,
 ) where
     M: Fn(Peer) -> S,
@@ -200,10 +198,13 @@ async fn accept_loop<M, S, F>(
     loop {
         // At the limit, stop accepting until a connection closes (the kernel queues the rest).
         let permit = tokio::select! {
-            permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
+            biased;
             _ = stop_signal(&mut stopped) => return,
+            permit = Arc::clone(&limits.max_connections).acquire_owned() => permit.expect("never closed"),
         };
         let (stream, addr) = tokio::select! {
+            biased;
+            _ = stop_signal(&mut stopped) => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -213,7 +214,6 @@ async fn accept_loop<M, S, F>(
                     continue;
                 }
             },
-            _ = stop_signal(&mut stopped) => return,
         };
         let _ = stream.set_nodelay(true);
         let service = make(Peer { addr, tls: limits.tls.is_some() });

@@ -291,7 +291,7 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
-    /// `None`: one per CPU callgate may use.
+    /// `None`: one per CPU callgate may use (`from_args` fills it in).
     pub worker_threads: Option<usize>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
@@ -333,7 +333,7 @@ impl Settings {
 
     /// Call workers to run: `--worker-threads`, else one per CPU callgate may use.
     pub fn workers(&self) -> usize {
-        self.worker_threads.unwrap_or_else(crate::workers::default_count)
+        self.worker_threads.unwrap_or_else(crate::workers::default_count).max(1)
     }
 
     pub fn from_args(args: ServeArgs) -> Result<Settings, SettingsError> {
@@ -368,7 +368,8 @@ impl Settings {
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
-            worker_threads: args.worker_threads.map(usize::from),
+            // Resolved here, so the start-up line shows the count in force.
+            worker_threads: Some(args.worker_threads.map_or_else(crate::workers::default_count, usize::from)),
             log_format: args.log_format,
             shutdown_grace: args.shutdown_grace,
             api_keys: args.api_keys,

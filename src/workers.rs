@@ -22,8 +22,8 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
-/// One `T` per call worker, each used only from its own worker's thread (and index 0 from
-/// anywhere else: the admin listener, tests).
+/// One `T` per call worker, each used only from its own worker's thread (the first also from
+/// any thread that is not a call worker, though nothing in callgate does that).
 pub struct PerWorker<T>(Box<[T]>);
 
 impl<T> PerWorker<T> {
@@ -33,8 +33,18 @@ impl<T> PerWorker<T> {
 
     /// This worker's `T`.
     pub fn get(&self) -> &T {
-        &self.0[INDEX.with(Cell::get) % self.0.len()]
+        &self.0[index() % self.0.len()]
     }
+
+    /// How many there are: one per worker.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The calling thread's worker index (0 on a thread that is not a call worker).
+pub fn index() -> usize {
+    INDEX.with(Cell::get)
 }
 
 /// Starts call worker `index` on a thread of its own, running `serve` on a single-threaded

@@ -464,3 +464,38 @@ async fn realistic_twilio_requests_are_decided_as_twilio_means_them() {
     assert_eq!(asked["from"], "+447386172392");
     assert_eq!(asked["call_id"], "CA5a1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e");
 }
+
+#[tokio::test]
+async fn a_quiet_gate_shares_its_connection_across_workers_and_a_busy_one_gets_one_per_worker() {
+    let gate = Stub::start(Reply::json(r#"{"action":"accept"}"#)).await;
+    let engine = Stub::start(twiml_engine()).await;
+    let routes = number_gate(TO, &gate.url("/precall"));
+    let cg = Callgate::spawn_with(&routes, &engine.url(""), |s| s.worker_threads = Some(2)).await;
+    let call = || {
+        Request::post(cg.url("/twilio/voice"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(ringing(TO))))
+            .unwrap()
+    };
+
+    // Calls more than a second apart, each on a new connection that either worker may accept:
+    // one warm gate connection serves them all.
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        assert_eq!(send(call()).await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(gate.count(), 4);
+    assert_eq!(gate.connections(), 1, "a quiet gate's calls share one connection");
+
+    // Back-to-back calls on one connection (so on one worker): after the first, the worker
+    // calls the gate through its own pool, on a connection of its own.
+    let twilio = client();
+    for _ in 0..20 {
+        assert_eq!(send_with(&twilio, call()).await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(gate.count(), 24);
+    assert_eq!(gate.connections(), 2, "a busy gate gets a connection on the worker calling it");
+    cg.stop().await;
+}

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +74,7 @@ impl Reply {
 pub struct Stub {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -86,12 +88,15 @@ impl Stub {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
         let reply = Arc::new(reply);
         let task = {
             let seen = Arc::clone(&seen);
+            let connections = Arc::clone(&connections);
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else { continue };
+                    connections.fetch_add(1, Ordering::Relaxed);
                     let seen = Arc::clone(&seen);
                     let reply = Arc::clone(&reply);
                     tokio::spawn(async move {
@@ -125,7 +130,7 @@ impl Stub {
                 }
             })
         };
-        Stub { addr, seen, task }
+        Stub { addr, seen, connections, task }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -138,6 +143,11 @@ impl Stub {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 }
 
@@ -342,13 +352,22 @@ impl Answer {
     }
 }
 
-fn client() -> Client<HttpConnector, Full<Bytes>> {
+/// A keep-alive client: requests sent one after another through it share a connection.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
-/// Sends `request` and reads the whole answer.
+/// Sends `request` on a connection of its own and reads the whole answer.
 pub async fn send(request: Request<Full<Bytes>>) -> Result<Answer, hyper_util::client::legacy::Error> {
-    let response = client().request(request).await?;
+    send_with(&client(), request).await
+}
+
+/// Sends `request` through `client` and reads the whole answer.
+pub async fn send_with(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
+    let response = client.request(request).await?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Ok(Answer { status: parts.status, headers: parts.headers, body })

@@ -36,9 +36,20 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Gate URLs tracked for `--gate-max-pending` before idle ones are forgotten.
 const MAX_TRACKED_GATES: usize = 10_000;
 
-/// A call worker that called a gate this recently uses its own pool for the gate: it calls the
-/// gate often enough to keep a connection of its own open (see [`POOL_IDLE_TIMEOUT`]).
-const BUSY_WITHIN_MS: u64 = 1_000;
+/// A call worker starts using a pool of its own for a gate once its calls to the gate come on
+/// average this close together (4 a second or more): often enough that its own connection never
+/// sits idle long enough to be retired (see [`POOL_IDLE_TIMEOUT`]).
+const ENTER_GAP_MS: u64 = 250;
+
+/// A worker using its own pool for a gate keeps on while its calls come on average this close
+/// together, and its pool's connection was used within [`STAY_MS`].
+const LEAVE_GAP_MS: u64 = 1_000;
+
+/// Comfortably inside [`POOL_IDLE_TIMEOUT`]: the worker's own connection is still open.
+const STAY_MS: u64 = 3_500;
+
+/// The gap assumed before a first call, and the longest gap counted.
+const MAX_GAP_MS: u64 = 10_000;
 
 /// Why a gate exchange did not produce an accept or a reject.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,19 +142,19 @@ impl std::fmt::Debug for Signer {
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Every gate's connections, in two kinds of pool. A call uses the pool of the call worker it
-/// runs on when that worker called the same gate within [`BUSY_WITHIN_MS`]: a busy gate's
-/// connections then live on the thread that uses them. Otherwise it uses the shared pool, so a
-/// quiet gate's few connections stay warm for whichever worker gets its next call, rather
-/// than each worker's pool going cold in turn (a new TLS connection to a gate is post-dial
-/// delay). Cheap to share behind an `Arc`.
+/// Every gate's connections, in two kinds of pool. A call worker that calls a gate several
+/// times a second uses a pool of its own for it (see [`Cadence`]): the gate's connections then
+/// live on the thread that uses them. Every other call uses the shared pool, so a quiet gate's
+/// few connections stay warm for whichever worker gets its next call, rather than each
+/// worker's pool going cold in turn (a new TLS connection to a gate is post-dial delay).
+/// Cheap to share behind an `Arc`.
 pub struct GateClient {
     local: PerWorker<HttpsClient>,
     shared: HttpsClient,
     default_timeout: Duration,
     max_pending: usize,
     gates: DashMap<Box<str>, Arc<GateState>, FxBuildHasher>,
-    /// Where [`GateState::last_call`] times are counted from.
+    /// Where [`Cadence`] times are counted from.
     epoch: Instant,
     signer: Option<Signer>,
 }
@@ -152,8 +163,42 @@ pub struct GateClient {
 struct GateState {
     /// `--gate-max-pending` permits.
     pending: Arc<Semaphore>,
-    /// Per call worker: when it last called this gate, in ms since the client's epoch, plus one.
-    last_call: Box<[AtomicU64]>,
+    /// One per call worker.
+    cadence: Box<[Cadence]>,
+}
+
+/// How often one call worker calls one gate, and whether it uses its own pool for it: an
+/// average of the gaps between its calls (each new gap weighs 1/8), with a lower bar to start
+/// using its own pool ([`ENTER_GAP_MS`]) than to keep on ([`LEAVE_GAP_MS`]), so that a gate
+/// calling rate near the bar does not flip between pools, and each flip into the worker's pool
+/// (one new connection) is rare. Times are ms since the client's epoch; 0 is never. Only its
+/// worker's thread writes it, so relaxed atomics suffice.
+#[derive(Default)]
+struct Cadence {
+    last_call: AtomicU64,
+    average_gap: AtomicU64,
+    last_local: AtomicU64,
+}
+
+impl Cadence {
+    /// Records a call at `now` and says whether it goes through the worker's own pool.
+    fn call_is_local(&self, now: u64) -> bool {
+        let last = self.last_call.swap(now, Ordering::Relaxed);
+        let gap = if last == 0 { MAX_GAP_MS } else { now.saturating_sub(last).min(MAX_GAP_MS) };
+        let average = match self.average_gap.load(Ordering::Relaxed) {
+            0 => MAX_GAP_MS,
+            a => a,
+        };
+        let average = (average - average / 8 + gap / 8).max(1);
+        self.average_gap.store(average, Ordering::Relaxed);
+        let last_local = self.last_local.load(Ordering::Relaxed);
+        let in_use = last_local != 0 && now.saturating_sub(last_local) < STAY_MS;
+        let local = average < if in_use { LEAVE_GAP_MS } else { ENTER_GAP_MS };
+        if local {
+            self.last_local.store(now, Ordering::Relaxed);
+        }
+        local
+    }
 }
 
 impl GateClient {
@@ -226,15 +271,14 @@ impl GateClient {
         };
         let permit = Arc::clone(&state.pending).try_acquire_owned().ok()?;
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = state.last_call[workers::index() % state.last_call.len()].swap(now, Ordering::Relaxed);
-        let busy = last != 0 && now - last <= BUSY_WITHIN_MS;
-        Some((permit, if busy { self.local.get() } else { &self.shared }))
+        let local = state.cadence[workers::index() % state.cadence.len()].call_is_local(now);
+        Some((permit, if local { self.local.get() } else { &self.shared }))
     }
 
     fn new_state(&self) -> GateState {
         GateState {
             pending: Arc::new(Semaphore::new(self.max_pending)),
-            last_call: (0..self.local.count()).map(|_| AtomicU64::new(0)).collect(),
+            cadence: (0..self.local.count()).map(|_| Cadence::default()).collect(),
         }
     }
 
@@ -318,6 +362,39 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn a_worker_uses_its_own_pool_only_for_a_gate_it_calls_several_times_a_second() {
+        let cadence = Cadence::default();
+        // A call every 2 s, then every 500 ms: shared, however long it goes on.
+        let mut now = 1;
+        for _ in 0..50 {
+            now += 2_000;
+            assert!(!cadence.call_is_local(now));
+        }
+        for _ in 0..50 {
+            now += 500;
+            assert!(!cadence.call_is_local(now));
+        }
+        // Every 10 ms: its own pool once the average gap is under 250 ms, and from then on.
+        let first_local = (1..=100).find(|_| {
+            now += 10;
+            cadence.call_is_local(now)
+        });
+        assert!(matches!(first_local, Some(5..=30)), "{first_local:?}");
+        for _ in 0..100 {
+            now += 10;
+            assert!(cadence.call_is_local(now));
+        }
+        // Slowing to every 400 ms stays on it (the connection is in use) ...
+        for _ in 0..20 {
+            now += 400;
+            assert!(cadence.call_is_local(now));
+        }
+        // ... but after 4 s without a call, back to the shared pool.
+        now += 4_000;
+        assert!(!cadence.call_is_local(now));
     }
 
     #[test]

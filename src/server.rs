@@ -61,8 +61,7 @@ impl AdminServer {
     pub fn start(app: Arc<App>, listener: TcpListener) -> AdminServer {
         let addr = listener.local_addr().expect("a bound listener has an address");
         let (stop, stopped) = watch::channel(false);
-        let max_connections = Arc::new(Semaphore::new(1024));
-        let limits = Limits { max_connections, ..Limits::from_settings(&app.settings, None) };
+        let limits = Limits::from_settings(&app.settings, 1024, None);
         let task = tokio::spawn(accept_loop(listener, stopped, TaskTracker::new(), limits, move |_peer| {
             let app = Arc::clone(&app);
             move |request| admin::handle(Arc::clone(&app), request)
@@ -92,7 +91,7 @@ pub async fn serve(
     let (stop_public, public_stopped) = watch::channel(false);
     let (cut_off, cut) = watch::channel(false);
     let connections = TaskTracker::new();
-    let limits = Limits::from_settings(&app.settings, tls);
+    let limits = Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls);
     let listener = listener.into_std().expect("a listener leaves the runtime it was bound on");
     let workers: Vec<_> = (0..app.settings.workers())
         .map(|index| {
@@ -171,11 +170,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    fn from_settings(settings: &crate::settings::Settings, tls: Option<TlsAcceptor>) -> Limits {
+    fn from_settings(
+        settings: &crate::settings::Settings,
+        max_connections: usize,
+        tls: Option<TlsAcceptor>,
+    ) -> Limits {
         Limits {
             header_timeout: settings.header_timeout,
             idle_timeout: settings.idle_timeout,
-            max_connections: Arc::new(Semaphore::new(settings.max_connections as usize)),
+            max_connections: Arc::new(Semaphore::new(max_connections)),
             tls,
         }
     }

@@ -92,7 +92,7 @@ impl App {
             settings.upstream.clone(),
             settings.upstream_timeout,
             streams.clone(),
-            settings.workers(),
+            settings.workers,
         );
         let verifier = (settings.twilio_signature != SignatureMode::Off).then(|| {
             Verifier::new(

@@ -153,7 +153,7 @@ pub struct GateClient {
     shared: HttpsClient,
     default_timeout: Duration,
     max_pending: usize,
-    gates: DashMap<Box<str>, Arc<GateState>, FxBuildHasher>,
+    gates: DashMap<Box<str>, GateState, FxBuildHasher>,
     /// Where [`Cadence`] times are counted from.
     epoch: Instant,
     signer: Option<Signer>,
@@ -257,18 +257,19 @@ impl GateClient {
     /// A `--gate-max-pending` permit for `gate` and the pool to call it through, or `None` when
     /// the gate already has its fill of requests waiting.
     fn admit(&self, gate: &Gate) -> Option<(tokio::sync::OwnedSemaphorePermit, &HttpsClient)> {
-        let state = match self.gates.get(gate.url()) {
-            Some(s) => Arc::clone(&s),
-            None => {
-                if self.gates.len() >= MAX_TRACKED_GATES {
-                    // Forget gates with nothing waiting on them: their cap starts afresh if
-                    // they are called again. Bounds the map when gate URLs churn.
-                    self.gates.retain(|_, s| s.pending.available_permits() < self.max_pending);
-                }
-                let entry = self.gates.entry(gate.url().into());
-                entry.or_insert_with(|| Arc::new(self.new_state())).value().clone()
-            }
-        };
+        if let Some(state) = self.gates.get(gate.url()) {
+            return self.admit_to(&state);
+        }
+        if self.gates.len() >= MAX_TRACKED_GATES {
+            // Forget gates with nothing waiting on them: their cap starts afresh if they are
+            // called again. Bounds the map when gate URLs churn.
+            self.gates.retain(|_, s| s.pending.available_permits() < self.max_pending);
+        }
+        let state = self.gates.entry(gate.url().into()).or_insert_with(|| self.new_state());
+        self.admit_to(&state)
+    }
+
+    fn admit_to(&self, state: &GateState) -> Option<(tokio::sync::OwnedSemaphorePermit, &HttpsClient)> {
         let permit = Arc::clone(&state.pending).try_acquire_owned().ok()?;
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let local = state.cadence[workers::index() % state.cadence.len()].call_is_local(now);

@@ -103,7 +103,7 @@ pub async fn run(
         settings.gate_timeout,
         settings.gate_max_pending as usize,
         signer,
-        settings.workers(),
+        settings.workers,
     );
     let app = Arc::new(App::new(settings, routes, writer.clone(), gate, metrics));
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
@@ -135,7 +135,7 @@ pub async fn run(
         listen = %public,
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),
         voice_paths = ?app.settings.voice_paths,
-        workers = app.settings.workers(),
+        workers = app.settings.workers,
         "callgate serving"
     );
     let _tls_watch = server_tls.as_ref().map(|t| AbortOnDrop(t.watch(metrics)));

@@ -93,7 +93,7 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let limits = Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls);
     let listener = listener.into_std().expect("a listener leaves the runtime it was bound on");
-    let workers: Vec<_> = (0..app.settings.workers())
+    let workers: Vec<_> = (0..app.settings.workers)
         .map(|index| {
             // Each worker polls its own handle on the one listening socket; the kernel hands a
             // new connection to whichever accepts first, so an idle worker takes more.

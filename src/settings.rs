@@ -291,8 +291,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
-    /// `None`: one per CPU callgate may use (`from_args` fills it in).
-    pub worker_threads: Option<usize>,
+    /// Call workers: `--worker-threads`, else one per CPU callgate may use.
+    pub workers: usize,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     pub api_keys: Vec<ApiKey>,
@@ -331,11 +331,6 @@ impl Settings {
         crate::routes::ValidateOptions { allow_insecure_gates: self.allow_insecure_gates }
     }
 
-    /// Call workers to run: `--worker-threads`, else one per CPU callgate may use.
-    pub fn workers(&self) -> usize {
-        self.worker_threads.unwrap_or_else(crate::workers::default_count).max(1)
-    }
-
     pub fn from_args(args: ServeArgs) -> Result<Settings, SettingsError> {
         let upstream = args.upstream.as_deref().ok_or(SettingsError::MissingUpstream)?;
         let upstream = Upstream::parse(upstream)?;
@@ -369,7 +364,7 @@ impl Settings {
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
             // Resolved here, so the start-up line shows the count in force.
-            worker_threads: Some(args.worker_threads.map_or_else(crate::workers::default_count, usize::from)),
+            workers: args.worker_threads.map_or_else(crate::workers::default_count, usize::from),
             log_format: args.log_format,
             shutdown_grace: args.shutdown_grace,
             api_keys: args.api_keys,

@@ -470,7 +470,7 @@ async fn a_quiet_gate_shares_its_connection_across_workers_and_a_busy_one_gets_o
     let gate = Stub::start(Reply::json(r#"{"action":"accept"}"#)).await;
     let engine = Stub::start(twiml_engine()).await;
     let routes = number_gate(TO, &gate.url("/precall"));
-    let cg = Callgate::spawn_with(&routes, &engine.url(""), |s| s.worker_threads = Some(2)).await;
+    let cg = Callgate::spawn_with(&routes, &engine.url(""), |s| s.workers = 2).await;
     let call = || {
         Request::post(cg.url("/twilio/voice"))
             .header("content-type", "application/x-www-form-urlencoded")

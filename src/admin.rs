@@ -14,12 +14,11 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::app::App;
-use crate::body;
-use crate::error::RequestError;
+use crate::body::{self, BodyError};
 use crate::routes::writer::{Edit, WriteError};
 use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec, RouteTable};
 use crate::settings::ApiKey;
-use crate::ResBody;
+use crate::wire::ResBody;
 
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -139,6 +138,20 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
                 _ => Err(not_allowed()),
             }
         }
+        ["v1", "calls", call_sid] => match *method {
+            Method::GET => {
+                let sid = decoded(call_sid).unwrap_or_default();
+                match app.decisions.get(&sid) {
+                    Some(record) => Ok(serde_json::to_value(&*record).expect("a record serialises").into()),
+                    None => Err(api_error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no recent decision for that call (unknown, or older than the last --decision-log-size)",
+                    )),
+                }
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")),
+        },
         ["v1", "routes"] => match *method {
             // Serialised straight from the table, so a million numbers never become a `Value`,
             // and off the runtime, which also answers probes and scrapes.
@@ -286,14 +299,14 @@ async fn read_json(headers: &HeaderMap, body: Incoming, within: Duration) -> Res
     }
     let bytes = match body::read(headers, body, MAX_ADMIN_BODY, within).await {
         Ok(bytes) => bytes,
-        Err(RequestError::BodyTooLarge(_)) => {
+        Err(BodyError::TooLarge(_)) => {
             return Err(api_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "the body is over 64 KiB",
             ))
         }
-        Err(RequestError::BodyTimeout(_)) => {
+        Err(BodyError::Timeout(_)) => {
             return Err(api_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",

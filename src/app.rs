@@ -1,10 +1,10 @@
 //! The state every request shares (settings, the routes store, the gate and engine clients,
-//! readiness) and the two ways a request leaves callgate for the engine.
+//! the decision log, readiness) and the two ways a request leaves callgate for the engine.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use http_body_util::{Either, Limited};
@@ -12,7 +12,9 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
-use crate::engine::{Engine, EngineBody, Peer, MAX_STREAMED_BODY};
+use crate::decide::record::DecisionLog;
+use crate::decide::Stages;
+use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
 use crate::error::RequestError;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
@@ -20,8 +22,21 @@ use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
 use crate::settings::{Settings, SignatureMode};
 use crate::webhook::signature::Verifier;
-use crate::webhook::{self, Waits};
-use crate::ResBody;
+use crate::wire::ResBody;
+
+/// A request's answer, and how long it waited on others (the gate, the engine): the rest of its
+/// time in callgate is callgate's own overhead.
+pub struct Served {
+    pub response: Response<ResBody>,
+    pub waited: Duration,
+}
+
+impl Served {
+    /// callgate's own answer to a request it refused, having waited on nobody.
+    pub fn refused(error: RequestError) -> Served {
+        Served { response: error.into_response(), waited: Duration::ZERO }
+    }
+}
 
 /// What a public-listener path is to callgate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +82,8 @@ pub struct App {
     pub gate: GateClient,
     pub engine: Engine,
     pub metrics: &'static Metrics,
+    /// The last `--decision-log-size` decided calls.
+    pub decisions: DecisionLog,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
     pub verifier: Option<Verifier>,
     /// `--voice-path`s and `--signed-path`s in canonical form.
@@ -88,12 +105,7 @@ impl App {
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
-        let engine = Engine::new(
-            settings.upstream.clone(),
-            settings.upstream_timeout,
-            streams.clone(),
-            settings.workers,
-        );
+        let engine = Engine::new(settings.upstream.clone(), streams.clone(), settings.workers);
         let verifier = (settings.twilio_signature != SignatureMode::Off).then(|| {
             Verifier::new(
                 settings.twilio_auth_tokens.iter().map(|t| t.expose().to_owned()).collect(),
@@ -106,6 +118,7 @@ impl App {
         });
         let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
         let voice_paths = canonical(&settings.voice_paths);
+        let decisions = DecisionLog::start(settings.decision_log_size);
         let signed_paths = canonical(&settings.signed_paths);
         App {
             settings,
@@ -114,6 +127,7 @@ impl App {
             gate,
             engine,
             metrics,
+            decisions,
             verifier,
             voice_paths,
             signed_paths,
@@ -145,55 +159,49 @@ impl App {
         }
     }
 
-    /// Forwards a request whose body callgate has read, with callgate's decision headers set
-    /// on voice paths (`decision`: the label and the agent id).
-    pub async fn forward_buffered(
+    /// What the decision core needs of the shared state.
+    pub fn stages(&self) -> Stages<'_> {
+        Stages { routes: &self.routes, gate: &self.gate }
+    }
+
+    /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most
+    /// `timeout` for the engine's answer head.
+    pub async fn forward(
         &self,
         mut request: Request<EngineBody>,
         peer: Peer,
-        decision: Option<(&'static str, Option<&str>)>,
-        waits: &mut Waits,
-    ) -> Result<Response<ResBody>, RequestError> {
-        self.engine.prepare(&mut request, peer);
-        if let Some((label, agent_id)) = decision {
-            webhook::set_decision_headers(request.headers_mut(), label, agent_id);
-        }
-        self.send(request, waits).await
+        stamp: Stamp<'_>,
+        timeout: Duration,
+    ) -> Served {
+        self.engine.prepare(&mut request, peer, &stamp);
+        self.send(request, timeout).await
     }
 
     /// Forwards any other request, streaming its body (up to [`MAX_STREAMED_BODY`]).
-    pub async fn forward_stream(
-        &self,
-        request: Request<Incoming>,
-        peer: Peer,
-        waits: &mut Waits,
-    ) -> Result<Response<ResBody>, RequestError> {
+    pub async fn forward_stream(&self, request: Request<Incoming>, peer: Peer) -> Served {
         if body::declared_length(request.headers()).is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
-            return Err(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
+            return Served::refused(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
         }
         let mut request = request.map(|b| Either::Right(Limited::new(b, MAX_STREAMED_BODY)));
-        self.engine.prepare(&mut request, peer);
-        self.send(request, waits).await
+        self.engine.prepare(&mut request, peer, &Stamp::None);
+        self.send(request, self.settings.upstream_timeout).await
     }
 
-    async fn send(
-        &self,
-        request: Request<EngineBody>,
-        waits: &mut Waits,
-    ) -> Result<Response<ResBody>, RequestError> {
+    async fn send(&self, request: Request<EngineBody>, timeout: Duration) -> Served {
         let started = Instant::now();
-        let result = self.engine.forward(request).await;
-        waits.0 += started.elapsed();
-        match result {
-            Ok(response) => Ok(response.map(Either::Right)),
+        let result = self.engine.forward(request, timeout).await;
+        let waited = started.elapsed();
+        let response = match result {
+            Ok(response) => response.map(Either::Right),
             Err(e) => {
                 if let Some(cause) = e.cause() {
                     self.metrics.record_upstream_error(cause);
                 }
                 tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
-                Err(e.into())
+                RequestError::from(e).into_response()
             }
-        }
+        };
+        Served { response, waited }
     }
 }
 

@@ -9,7 +9,16 @@ use http::HeaderMap;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::error::RequestError;
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("could not read the request body")]
+    Read(#[source] hyper::Error),
+    #[error("the request body did not arrive within {0:?}")]
+    Timeout(Duration),
+}
 
 /// The `Content-Length` a message declares, if it declares a readable one.
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -32,18 +41,18 @@ pub async fn read(
     body: Incoming,
     limit: usize,
     within: Duration,
-) -> Result<Bytes, RequestError> {
+) -> Result<Bytes, BodyError> {
     if declared_length(headers).is_some_and(|n| n > limit as u64) {
-        return Err(RequestError::BodyTooLarge(limit));
+        return Err(BodyError::TooLarge(limit));
     }
     let collected = tokio::time::timeout(within, Limited::new(body, limit).collect())
         .await
-        .map_err(|_| RequestError::BodyTimeout(within))?;
+        .map_err(|_| BodyError::Timeout(within))?;
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => match e.downcast::<hyper::Error>() {
-            Ok(e) => Err(RequestError::BodyRead(*e)),
-            Err(_) => Err(RequestError::BodyTooLarge(limit)),
+            Ok(e) => Err(BodyError::Read(*e)),
+            Err(_) => Err(BodyError::TooLarge(limit)),
         },
     }
 }

@@ -17,9 +17,28 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 
+use crate::decide::Decision;
 use crate::metrics::UpstreamCause;
 use crate::settings::Upstream;
+use crate::wire::{X_CALLGATE_AGENT_ID, X_CALLGATE_CONTEXT, X_CALLGATE_DECISION};
 use crate::workers::PerWorker;
+
+/// What callgate says to the engine about a request, in its own `X-Callgate-*` headers.
+#[derive(Clone, Copy, Debug)]
+pub enum Stamp<'a> {
+    /// Not a voice path: nothing is added.
+    None,
+    /// A voice-path request that is not an inbound ringing call (`not_gated`).
+    NotGated,
+    /// A decided call that goes on to the engine.
+    Decided {
+        decision: Decision,
+        /// The agent that handles the call (the gate's override first).
+        agent_id: Option<&'a str>,
+        /// `X-Callgate-Context`, already encoded.
+        context: Option<&'a HeaderValue>,
+    },
+}
 
 /// A request body on its way to the engine: buffered (voice and signed paths) or streamed with
 /// a size cap (everything else).
@@ -72,13 +91,12 @@ pub struct Engine {
     /// A pool per call worker (see [`crate::workers`]).
     client: PerWorker<Client<HttpConnector, EngineBody>>,
     upstream: Upstream,
-    timeout: Duration,
     /// Upgraded streams (WebSockets) in flight, for the graceful drain.
     streams: TaskTracker,
 }
 
 impl Engine {
-    pub fn new(upstream: Upstream, timeout: Duration, streams: TaskTracker, workers: usize) -> Engine {
+    pub fn new(upstream: Upstream, streams: TaskTracker, workers: usize) -> Engine {
         let client = PerWorker::new(workers, || {
             let mut http = HttpConnector::new();
             http.set_nodelay(true);
@@ -89,19 +107,23 @@ impl Engine {
                 .pool_max_idle_per_host(1024)
                 .build(http)
         });
-        Engine { client, upstream, timeout, streams }
+        Engine { client, upstream, streams }
     }
 
-    /// Sends `request` (already cleaned by [`prepare`]) and returns the engine's response head,
-    /// with its body still streaming. A `101 Switching Protocols` is wired to the client's
-    /// upgraded connection here.
-    pub async fn forward(&self, mut request: Request<EngineBody>) -> Result<Response<Incoming>, EngineError> {
+    /// Sends `request` (already cleaned by [`Engine::prepare`]) and returns the engine's
+    /// response head within `timeout`, with its body still streaming. A `101 Switching
+    /// Protocols` is wired to the client's upgraded connection here.
+    pub async fn forward(
+        &self,
+        mut request: Request<EngineBody>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, EngineError> {
         // `prepare` kept `Upgrade` only on an upgrade request.
         let client_upgrade =
             request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
-        let sent = tokio::time::timeout(self.timeout, self.client.get().request(request)).await;
+        let sent = tokio::time::timeout(timeout, self.client.get().request(request)).await;
         let mut response = match sent {
-            Err(_) => return Err(EngineError::Timeout(self.timeout)),
+            Err(_) => return Err(EngineError::Timeout(timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(EngineError::Connect(e)),
             Ok(Err(e)) if is_body_limit(&e) => return Err(EngineError::BodyTooLarge),
             Ok(Err(e)) => return Err(EngineError::Protocol(e)),
@@ -120,8 +142,9 @@ impl Engine {
 
     /// Rewrites an incoming request for the engine: the upstream's scheme, authority and prefix
     /// with the original path and query; hop-by-hop and framing headers removed (the body sets
-    /// the framing); `X-Forwarded-*` appended or kept; every client-sent `X-Callgate-*` dropped.
-    pub fn prepare<B>(&self, request: &mut Request<B>, peer: Peer) {
+    /// the framing); `X-Forwarded-*` appended or kept; every client-sent `X-Callgate-*` dropped,
+    /// then callgate's own set as `stamp` says. Twilio's body is never touched.
+    pub fn prepare<B>(&self, request: &mut Request<B>, peer: Peer, stamp: &Stamp<'_>) {
         // The engine speaks HTTP/1.1 whatever the client spoke.
         *request.version_mut() = http::Version::HTTP_11;
         let uri = self.upstream_uri(request.uri());
@@ -133,6 +156,7 @@ impl Engine {
         headers.remove(header::CONTENT_LENGTH);
         strip_callgate_headers(headers);
         append_forwarded(headers, peer);
+        stamp_headers(headers, stamp);
     }
 
     fn upstream_uri(&self, original: &Uri) -> Uri {
@@ -202,6 +226,25 @@ pub fn strip_callgate_headers(headers: &mut HeaderMap) {
         headers.keys().filter(|n| n.as_str().starts_with("x-callgate-")).cloned().collect();
     for name in forged {
         headers.remove(name);
+    }
+}
+
+fn stamp_headers(headers: &mut HeaderMap, stamp: &Stamp<'_>) {
+    match *stamp {
+        Stamp::None => {}
+        Stamp::NotGated => {
+            headers.insert(X_CALLGATE_DECISION, HeaderValue::from_static("not_gated"));
+        }
+        Stamp::Decided { decision, agent_id, context } => {
+            headers.insert(X_CALLGATE_DECISION, HeaderValue::from_static(decision.as_str()));
+            // An agent id is printable ASCII (validated wherever it comes from).
+            if let Some(v) = agent_id.and_then(|a| HeaderValue::try_from(a).ok()) {
+                headers.insert(X_CALLGATE_AGENT_ID, v);
+            }
+            if let Some(context) = context {
+                headers.insert(X_CALLGATE_CONTEXT, context.clone());
+            }
+        }
     }
 }
 

@@ -2,15 +2,14 @@
 //! client sees. The match is exhaustive on purpose: a new failure does not compile until someone
 //! decides what Twilio gets.
 
-use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::{Response, StatusCode};
 
+use crate::body::BodyError;
 use crate::engine::EngineError;
 use crate::webhook::signature::SignatureError;
 use crate::webhook::twilio::FormError;
-use crate::ResBody;
+pub use crate::wire::text_response;
+use crate::wire::ResBody;
 
 /// Why a request on the public listener got an answer from callgate rather than the engine.
 #[derive(Debug, thiserror::Error)]
@@ -54,15 +53,12 @@ impl RequestError {
     }
 }
 
-/// A short plain-text answer from callgate itself.
-pub fn text_response(status: StatusCode, text: String, close: bool) -> Response<ResBody> {
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    if close {
-        // The rest of an unread body would be taken for the next request: end the connection.
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+impl From<BodyError> for RequestError {
+    fn from(e: BodyError) -> RequestError {
+        match e {
+            BodyError::TooLarge(limit) => RequestError::BodyTooLarge(limit),
+            BodyError::Read(e) => RequestError::BodyRead(e),
+            BodyError::Timeout(within) => RequestError::BodyTimeout(within),
+        }
     }
-    response
 }

@@ -12,22 +12,30 @@
 //!   header and idle timeouts; [`tls`] serves HTTPS and reloads renewed certificates.
 //! - [`app`]: the state requests share and the two ways out to the engine.
 //! - [`body`]: declared lengths, content types and bounded, timed body reads.
-//! - [`webhook`]: the voice webhook; the only place that orders a call's phases.
-//!   [`webhook::twilio`] parses Twilio's form, [`webhook::signature`] checks
-//!   `X-Twilio-Signature`, [`webhook::twiml`] renders the reject.
-//! - [`gate`]: the pooled gate client and the strict reading of its answer.
-//! - [`engine`]: forwarding to the voice engine, header hygiene, WebSocket relays.
+//! - [`webhook`]: the voice webhook, HTTP in and out: read, parse, verify, decide, then the
+//!   busy TwiML or the engine, and the verdict recorded in one place. [`webhook::twilio`]
+//!   parses Twilio's form, [`webhook::signature`] checks `X-Twilio-Signature`,
+//!   [`webhook::twiml`] renders the reject.
+//! - [`decide`]: **where a call's decision is made**: the call, its deadline, the typed
+//!   [`decide::Verdict`], and the one function that runs the stages in order;
+//!   [`decide::answer`] reads a gate's answer and its enrichment, [`decide::record`] keeps the
+//!   recent decision records.
+//! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing.
+//! - [`engine`]: forwarding to the voice engine with callgate's typed stamp, header hygiene,
+//!   WebSocket relays.
 //! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
 //! - [`logging`]: the buffered log writer that keeps `write`s off the request path.
 //! - [`metrics`]: every metric name, its help text and typed recorders.
 //! - [`error`]: request errors and the one match that turns them into responses.
+//! - [`wire`]: leaf types every layer shares (the response body, header names).
 //! - [`demo`]: `callgate demo`, a demo engine and demo gates around the real server.
 
 pub mod admin;
 pub mod app;
 pub mod body;
 pub mod conn;
+pub mod decide;
 pub mod demo;
 pub mod engine;
 pub mod error;
@@ -39,14 +47,11 @@ pub mod server;
 pub mod settings;
 pub mod tls;
 pub mod webhook;
+pub mod wire;
 pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
-
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::gate::{GateClient, Signer};
@@ -56,8 +61,7 @@ use crate::routes::RouteTable;
 pub use crate::server::Listeners;
 use crate::settings::Settings;
 
-/// Every response body callgate sends: its own (buffered) or the engine's (streamed).
-pub type ResBody = Either<Full<Bytes>, Incoming>;
+pub use crate::wire::ResBody;
 
 /// Why callgate could not start.
 #[derive(Debug, thiserror::Error)]

@@ -8,32 +8,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::gate::FailureCause;
-
-/// What became of an inbound ringing call (the `decision` label and the log line).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Accept,
-    Reject,
-    FailOpen,
-    FailClosed,
-    NoGate,
-}
-
-impl Decision {
-    pub const ALL: [Decision; 5] =
-        [Decision::Accept, Decision::Reject, Decision::FailOpen, Decision::FailClosed, Decision::NoGate];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Accept => "accept",
-            Decision::Reject => "reject",
-            Decision::FailOpen => "fail_open",
-            Decision::FailClosed => "fail_closed",
-            Decision::NoGate => "no_gate",
-        }
-    }
-}
+use crate::decide::{Cause, Decision, Dropped, GateResult, Verdict};
 
 /// Why the engine could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,26 +26,6 @@ impl UpstreamCause {
             UpstreamCause::Connect => "connect",
             UpstreamCause::Timeout => "timeout",
             UpstreamCause::Protocol => "protocol",
-        }
-    }
-}
-
-/// The outcome of one gate exchange, for `callgate_gate_duration_seconds`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GateResult {
-    Accept,
-    Reject,
-    Failure,
-}
-
-impl GateResult {
-    const ALL: [GateResult; 3] = [GateResult::Accept, GateResult::Reject, GateResult::Failure];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            GateResult::Accept => "accept",
-            GateResult::Reject => "reject",
-            GateResult::Failure => "failure",
         }
     }
 }
@@ -102,8 +57,10 @@ const BUCKETS: &[f64] = &[
 /// Pre-registered handles for every series callgate exports.
 pub struct Metrics {
     handle: PrometheusHandle,
-    inbound: [Counter; 5],
-    gate_failures: [Counter; 5],
+    inbound: [Counter; Decision::ALL.len()],
+    gate_failures: [Counter; Cause::ALL.len()],
+    enrichment_dropped: [Counter; Dropped::ALL.len()],
+    deadline_cut: Counter,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -143,8 +100,11 @@ impl Metrics {
             handle,
             inbound: Decision::ALL
                 .map(|d| metrics::counter!("callgate_inbound_calls_total", "decision" => d.as_str())),
-            gate_failures: FailureCause::ALL
+            gate_failures: Cause::ALL
                 .map(|c| metrics::counter!("callgate_gate_failures_total", "cause" => c.as_str())),
+            enrichment_dropped: Dropped::ALL
+                .map(|r| metrics::counter!("callgate_enrichment_dropped_total", "reason" => r.as_str())),
+            deadline_cut: metrics::counter!("callgate_deadline_cut_total"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -165,11 +125,14 @@ impl Metrics {
         };
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
-        for c in m.inbound.iter().chain(&m.gate_failures).chain(&m.upstream_errors) {
+        for c in
+            m.inbound.iter().chain(&m.gate_failures).chain(&m.enrichment_dropped).chain(&m.upstream_errors)
+        {
             c.increment(0);
         }
         for c in [
             &m.signature_failures,
+            &m.deadline_cut,
             &m.reloads_ok,
             &m.reloads_error,
             &m.admin_writes_ok,
@@ -191,16 +154,24 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    pub fn record_decision(&self, decision: Decision) {
-        self.inbound[decision as usize].increment(1);
+    /// Everything a decided call counts: its decision, the gate's time and result, the
+    /// failure's cause, and enrichment left out.
+    pub fn record_verdict(&self, verdict: &Verdict) {
+        self.inbound[verdict.decision as usize].increment(1);
+        if let Some(run) = verdict.gate {
+            self.gate_duration[run.result as usize].record(run.elapsed);
+        }
+        if let Some(cause) = verdict.cause {
+            self.gate_failures[cause as usize].increment(1);
+        }
+        for reason in verdict.dropped() {
+            self.enrichment_dropped[reason as usize].increment(1);
+        }
     }
 
-    pub fn record_gate(&self, result: GateResult, elapsed: Duration) {
-        self.gate_duration[result as usize].record(elapsed);
-    }
-
-    pub fn record_gate_failure(&self, cause: FailureCause) {
-        self.gate_failures[cause as usize].increment(1);
+    /// The engine's timeout was cut to fit `--twilio-deadline`.
+    pub fn record_deadline_cut(&self) {
+        self.deadline_cut.increment(1);
     }
 
     pub fn record_request(&self, route: Route, elapsed: Duration) {
@@ -254,7 +225,15 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "callgate_inbound_calls_total",
-        "Inbound ringing calls by decision (accept, reject, fail_open, fail_closed, no_gate)."
+        "Inbound ringing calls by decision (accept, reject, fail_open, fail_closed, no_gate, shadow_reject)."
+    );
+    describe_counter!(
+        "callgate_enrichment_dropped_total",
+        "Gate enrichment left out, by reason: a field of the wrong type (invalid) or an X-Callgate-Context over 8 KiB (too_large)."
+    );
+    describe_counter!(
+        "callgate_deadline_cut_total",
+        "Calls whose engine timeout was cut to fit --twilio-deadline."
     );
     describe_counter!(
         "callgate_gate_failures_total",

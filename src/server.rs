@@ -18,12 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::app::{App, PathKind};
 use crate::conn::{Activity, Tracked, Verdict};
 use crate::engine::Peer;
 use crate::metrics::Route;
-use crate::webhook::{self, Waits};
-use crate::{admin, ResBody};
+use crate::webhook;
+use crate::wire::ResBody;
 use tokio_rustls::TlsAcceptor;
 
 /// Largest request head (request line and headers) accepted.
@@ -315,15 +316,13 @@ async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer
             request.headers_mut().insert(http::header::HOST, host);
         }
     }
-    let mut waits = Waits::default();
-    let (route, result) = match app.path_kind(request.uri().path()) {
-        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, &mut waits).await),
-        PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, &mut waits).await),
-        PathKind::Other => (Route::Proxy, app.forward_stream(request, peer, &mut waits).await),
+    let (route, served) = match app.path_kind(request.uri().path()) {
+        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, started).await),
+        PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, started).await),
+        PathKind::Other => (Route::Proxy, app.forward_stream(request, peer).await),
     };
-    let response = result.unwrap_or_else(|e| e.into_response());
     let elapsed = started.elapsed();
     app.metrics.record_request(route, elapsed);
-    app.metrics.record_overhead(elapsed.saturating_sub(waits.0));
-    response
+    app.metrics.record_overhead(elapsed.saturating_sub(served.waited));
+    served.response
 }

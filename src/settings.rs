@@ -141,6 +141,12 @@ pub struct ServeArgs {
     /// Keys for the admin API, ID:SECRET; with none, the admin API answers 401.
     #[arg(long = "api-key", env = "CALLGATE_API_KEYS", value_delimiter = ',', value_parser = parse_api_key)]
     pub api_keys: Vec<ApiKey>,
+    /// Every gated webhook is answered within it; the engine's timeout is cut to what the gate left.
+    #[arg(long, env = "CALLGATE_TWILIO_DEADLINE", default_value = "14s", value_parser = parse_duration)]
+    pub twilio_deadline: Duration,
+    /// Recent decisions kept for GET /v1/calls/{call_sid}.
+    #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
+    pub decision_log_size: u32,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -307,6 +313,8 @@ pub struct Settings {
     pub gate_ca_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub twilio_deadline: Duration,
+    pub decision_log_size: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -378,6 +386,8 @@ impl Settings {
             gate_ca_file: args.gate_ca_file,
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
+            twilio_deadline: args.twilio_deadline,
+            decision_log_size: args.decision_log_size as usize,
         })
     }
 

@@ -1,0 +1,194 @@
+//! The decision core: one place where a call's decision is made. It owns the call as parsed
+//! ([`Call`]), its [`Deadline`], the typed [`Verdict`], and [`decide`], which runs the stages in
+//! order and returns the verdict:
+//!
+//! resolve the gate (one routes snapshot) → ask it within what the deadline leaves → settle the
+//! answer by the gate's `on_failure` → seal what the engine is handed (`X-Callgate-Context`).
+//!
+//! Nothing here speaks HTTP to Twilio or the engine, records metrics or logs: the webhook does
+//! that, from the verdict, in one place.
+
+pub mod answer;
+pub mod record;
+pub mod verdict;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use answer::GateDecision;
+pub use verdict::{Cause, Decision, Dropped, Enrichment, GateResult, GateRun, Verdict};
+
+use crate::gate::{GateClient, GateRequest};
+use crate::routes::store::RouteStore;
+use crate::routes::{Gate, OnFailure, Source};
+
+/// An inbound ringing call, as the webhook parsed it. Missing `From` and `CallSid` are `""`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Call {
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    /// A test call (`POST /v1/test-call`): the gate is told, and nothing is kept.
+    pub test: bool,
+}
+
+/// When a gated webhook must be answered by (`--twilio-deadline` after it arrived). Every wait
+/// on the call's path is cut to what is left of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn new(arrived: Instant, within: Duration) -> Deadline {
+        Deadline { at: arrived + within }
+    }
+
+    /// What is left (zero once passed).
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// `limit`, cut to what is left; `true` when it was cut.
+    pub fn cap(&self, limit: Duration) -> (Duration, bool) {
+        let left = self.remaining();
+        if left < limit {
+            (left, true)
+        } else {
+            (limit, false)
+        }
+    }
+}
+
+/// What the stages need: the table and the gate client (and, as they come, the breaker, the
+/// dedup cache and pushed context).
+pub struct Stages<'a> {
+    pub routes: &'a RouteStore,
+    pub gate: &'a GateClient,
+}
+
+/// Decides `call`: every stage in order, each able to end the call's decision early.
+pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
+    let (gate, source, number_agent_id) = resolve(stages.routes, &call.to);
+    let Some(gate) = gate else {
+        let mut verdict = Verdict::without_gate(source, number_agent_id);
+        verdict.seal();
+        return verdict;
+    };
+    let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
+    let request = GateRequest {
+        event: "call.inbound",
+        from: &call.from,
+        to: &call.to,
+        call_id: &call.call_id,
+        agent_id: number_agent_id.as_deref(),
+        test: call.test,
+    };
+    let started = Instant::now();
+    let answer = stages.gate.check_within(&gate, &request, limit).await;
+    let elapsed = started.elapsed();
+    let mut verdict = settle(answer, gate.on_failure(), source, number_agent_id);
+    if let Some(run) = &mut verdict.gate {
+        run.elapsed = elapsed;
+    }
+    verdict.gate_display = Some(gate.display().into());
+    verdict.seal();
+    verdict
+}
+
+/// Resolves `to` in one snapshot of the table, taking out only what the call needs, so that no
+/// snapshot is held across the gate's wait.
+fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>) {
+    let table = routes.load();
+    let resolution = table.resolve(to);
+    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned())
+}
+
+/// The decision table: what a gate's answer comes to under its `on_failure`. Pure; the gate's
+/// time is filled in by the caller.
+pub fn settle(
+    answer: GateDecision,
+    on_failure: OnFailure,
+    source: Source,
+    number_agent_id: Option<Arc<str>>,
+) -> Verdict {
+    let mut verdict = Verdict::without_gate(source, number_agent_id);
+    let result = match answer {
+        GateDecision::Accept(enrichment) => {
+            verdict.decision = Decision::Accept;
+            verdict.enrichment = enrichment;
+            GateResult::Accept
+        }
+        GateDecision::Reject { reason } => {
+            verdict.decision = Decision::Reject;
+            verdict.reason = reason;
+            GateResult::Reject
+        }
+        GateDecision::Failure(cause) => {
+            verdict.decision = match on_failure {
+                OnFailure::Accept => Decision::FailOpen,
+                OnFailure::Reject => Decision::FailClosed,
+            };
+            verdict.cause = Some(cause);
+            GateResult::Failure
+        }
+    };
+    verdict.gate = Some(GateRun { result, elapsed: Duration::ZERO });
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_answer_under_every_on_failure() {
+        let accept = || GateDecision::Accept(Enrichment::default());
+        let reject = || GateDecision::Reject { reason: Some("no credit".into()) };
+        for on_failure in [OnFailure::Accept, OnFailure::Reject] {
+            let v = settle(accept(), on_failure, Source::Number, None);
+            assert_eq!(
+                (v.decision, v.cause, v.gate.unwrap().result),
+                (Decision::Accept, None, GateResult::Accept)
+            );
+            let v = settle(reject(), on_failure, Source::Agent, None);
+            assert_eq!((v.decision, v.cause), (Decision::Reject, None));
+            assert_eq!(v.reason.as_deref(), Some("no credit"));
+            assert_eq!(v.gate.unwrap().result, GateResult::Reject);
+            for cause in Cause::ALL {
+                let v = settle(GateDecision::Failure(cause), on_failure, Source::Number, None);
+                let expected = match on_failure {
+                    OnFailure::Accept => Decision::FailOpen,
+                    OnFailure::Reject => Decision::FailClosed,
+                };
+                assert_eq!((v.decision, v.cause), (expected, Some(cause)));
+                assert_eq!(v.gate.unwrap().result, GateResult::Failure);
+                assert_eq!(v.decision.blocks(), on_failure == OnFailure::Reject);
+            }
+        }
+    }
+
+    #[test]
+    fn an_override_names_the_agent_and_the_numbers_agent_stays_known() {
+        let enrichment = Enrichment { agent_id: Some("agent_vip".into()), ..Enrichment::default() };
+        let v = settle(
+            GateDecision::Accept(enrichment),
+            OnFailure::Accept,
+            Source::Number,
+            Some("agent_a".into()),
+        );
+        assert_eq!(v.agent_id(), Some("agent_vip"));
+        assert_eq!(v.override_agent_id(), Some("agent_vip"));
+        assert_eq!(v.number_agent_id.as_deref(), Some("agent_a"));
+    }
+
+    #[test]
+    fn the_deadline_cuts_what_is_left() {
+        let deadline = Deadline::new(Instant::now(), Duration::from_secs(6));
+        assert_eq!(deadline.cap(Duration::from_secs(1)), (Duration::from_secs(1), false));
+        let (cut, was_cut) = deadline.cap(Duration::from_secs(9));
+        assert!(was_cut && cut <= Duration::from_secs(6) && cut > Duration::from_secs(5));
+        let passed = Deadline::new(Instant::now() - Duration::from_secs(10), Duration::from_secs(6));
+        assert_eq!(passed.cap(Duration::from_secs(9)), (Duration::ZERO, true));
+    }
+}

@@ -58,6 +58,40 @@ fn check_reports_every_problem_on_its_own_line() {
     assert!(!out.contains("https"), "{out}");
 }
 
+/// Issue 18 item 14: a structural problem (an unknown top-level field, a value of the wrong
+/// type, a duplicate key) no longer hides the problems after it.
+#[test]
+fn check_lists_structural_and_value_problems_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    std::fs::write(
+        &path,
+        r#"{
+  "agent": {},
+  "agents": {"a1": {"gate": {"url": "ftp://x.example/?token=S3CRET", "timeout_ms": "fast"}},
+             "a1": {}},
+  "numbers": {"+4": {"agent_id": "a1"}, "+15005550006": {"gate": {"url": "https://x.example/", "timeout_ms": 5, "retries": 3}}}
+}"#,
+    )
+    .unwrap();
+    let (code, out) = check(&["--routes", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let want = [
+        "unknown field `agent`",
+        "agents.a1.gate.timeout_ms: invalid type: string",
+        "agents.a1.gate.url: must be https://",
+        "agents.a1: duplicate key",
+        "numbers.\"+4\": not an E.164",
+        "numbers.\"+15005550006\".gate: unknown field `retries`",
+        "numbers.\"+15005550006\".gate.timeout_ms: must be 100 to 30000",
+    ];
+    for line in want {
+        assert!(out.contains(line), "lacks {line}: {out}");
+    }
+    assert_eq!(out.lines().count(), want.len(), "one line per problem: {out}");
+    assert!(!out.contains("S3CRET"), "{out}");
+}
+
 #[test]
 fn boolean_variables_take_1_and_yes_too() {
     let dir = tempfile::tempdir().unwrap();

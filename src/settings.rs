@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::uri::{Authority, Scheme};
+use sha2::{Digest, Sha256};
 
 /// `callgate`: a pre-call gate for Twilio voice webhooks.
 #[derive(Debug, Parser)]
@@ -206,16 +207,20 @@ fn parse_header_name(s: &str) -> Result<http::HeaderName, String> {
 #[derive(Clone)]
 pub struct ApiKey {
     pub id: String,
-    secret: String,
+    /// SHA-256 of the secret: only digests are compared, so the time a compare takes says
+    /// nothing about the secret's length (comparing the bytes stops at a length mismatch).
+    digest: [u8; 32],
 }
 
 impl ApiKey {
-    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> ApiKey {
-        ApiKey { id: id.into(), secret: secret.into() }
+    pub fn new(id: impl Into<String>, secret: impl AsRef<[u8]>) -> ApiKey {
+        ApiKey { id: id.into(), digest: Sha256::digest(secret.as_ref()).into() }
     }
 
-    pub fn secret(&self) -> &str {
-        &self.secret
+    /// Whether `secret` is this key's, in time that depends only on `secret`'s own length.
+    pub fn matches(&self, secret: &[u8]) -> bool {
+        let given: [u8; 32] = Sha256::digest(secret).into();
+        bool::from(subtle::ConstantTimeEq::ct_eq(&given[..], &self.digest[..]))
     }
 }
 
@@ -427,5 +432,39 @@ impl ServeArgs {
             serve: ServeArgs,
         }
         Only::parse_from(["callgate"]).serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The median time of `runs` calls of `f`.
+    fn median(runs: usize, mut f: impl FnMut()) -> std::time::Duration {
+        let mut times: Vec<_> = (0..runs)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[runs / 2]
+    }
+
+    #[test]
+    fn an_api_key_compare_takes_as_long_whatever_the_secrets_length() {
+        const LEN: usize = 1 << 20;
+        let key = ApiKey::new("kid", vec![b'a'; LEN]);
+        assert!(key.matches(&vec![b'a'; LEN]));
+        assert!(!key.matches(&vec![b'a'; LEN + 1]) && !key.matches(b"a") && !key.matches(b""));
+        // A guess of the secret's length and one a byte longer cost the same: a compare that
+        // stops at a length mismatch answers the second a thousand times sooner.
+        let same = vec![b'b'; LEN];
+        let longer = vec![b'b'; LEN + 1];
+        let (a, b) =
+            (median(9, || assert!(!key.matches(&same))), median(9, || assert!(!key.matches(&longer))));
+        let ratio = a.max(b).as_secs_f64() / a.min(b).as_secs_f64().max(1e-9);
+        assert!(ratio < 4.0, "same length {a:?}, one longer {b:?}");
     }
 }

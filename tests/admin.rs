@@ -419,3 +419,32 @@ async fn a_hand_edit_just_before_an_api_write_is_not_written_over() {
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&cg.routes).unwrap()).unwrap();
     assert_eq!(saved, table);
 }
+
+/// Issue 18 item 13: a key given twice in a body is refused as the routes file refuses it,
+/// wherever it is (the last one silently winning could move a billing gate), and nothing changes.
+#[tokio::test]
+async fn a_body_with_a_duplicate_key_is_invalid_json_and_changes_nothing() {
+    let (cg, _engine) = callgate().await;
+    let json = Some("application/json");
+    let auth = Some(ADMIN_AUTH);
+    let cases = [
+        (
+            "/v1/integrations/precall/agent/agent_a",
+            r#"{"url": "https://a.example/", "url": "https://b.example/"}"#,
+        ),
+        (
+            "/v1/integrations/precall/number/+447700900123",
+            r#"{"url": "https://a.example/", "on_failure": "accept", "on_failure": "reject"}"#,
+        ),
+        ("/v1/numbers/+447700900123", r#"{"agent_id": "agent_a", "agent_id": "agent_b"}"#),
+        ("/v1/numbers/+447700900123", r#"{"agent_id": "agent_a", "x": {"k": 1, "k": 2}}"#),
+    ];
+    for (path, body) in cases {
+        let (status, answer) = raw_admin(&cg, "PUT", path, auth, json, body).await;
+        assert_eq!((status, code(&answer)), (StatusCode::BAD_REQUEST, "invalid_json"), "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("duplicate key"), "{message}");
+        assert!(!message.contains("example"), "no value is echoed: {message}");
+    }
+    assert_eq!(cg.table().await, json!({"agents": {}, "numbers": {}}));
+}

@@ -161,6 +161,42 @@ fn start_up_refuses_bad_flags_with_one_line_and_status_2() {
 }
 
 /// One curl line of the demo, as a request: URL and form pairs.
+/// Issue 18 item 10: clap's own message quotes a bad value, and the value of a secret flag is
+/// the secret (or a mistyped one, which is nearly the secret). Nothing of it reaches stderr.
+#[test]
+fn a_bad_secret_value_is_refused_without_being_echoed() {
+    let cases: [(&[&str], Option<(&str, &str)>); 7] = [
+        (&["--api-key", "S3CRETX"], None),
+        (&["--twilio-shared-key", "S3CRETX"], None),
+        (&["--twilio-shared-key=S3CRETX"], None),
+        (&[], Some(("CALLGATE_API_KEYS", "kid:fine,S3CRETX"))),
+        (&[], Some(("CALLGATE_TWILIO_SHARED_KEYS", "S3CRETX"))),
+        // An unquoted space splits a token list into a flag's value and a stray argument.
+        (&["--twilio-auth-token", "old", "S3CRETX"], None),
+        (&["--api-kye=kid:S3CRETX"], None),
+    ];
+    for (args, env) in cases {
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", "http://e"]);
+        command.args(args).env_clear();
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?} {env:?}: {err}");
+        assert!(!err.contains("S3CRETX"), "{args:?} {env:?}: {err}");
+    }
+    // The flag is still named, and what is wrong with the value said.
+    let out = serve(&["--upstream", "http://e", "--api-key", "S3CRETX"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--api-key") && err.contains("ID:SECRET"), "{err}");
+    // A value that is no secret is still shown, as it helps.
+    let out = serve(&["--upstream", "http://e", "--gate-timeout", "soon"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'soon'"));
+}
+
 fn parse_curl(line: &str) -> (String, String) {
     let mut words = line.split_whitespace().skip(1);
     let mut url = String::new();

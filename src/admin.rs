@@ -11,7 +11,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
 use crate::app::App;
 use crate::body::{self, BodyError};
@@ -253,7 +252,7 @@ fn authenticate(keys: &[ApiKey], headers: &HeaderMap) -> Result<(), ApiError> {
     }
     let (id, secret) = credentials.trim().split_once(':').ok_or_else(refused)?;
     let key = keys.iter().find(|k| k.id == id).ok_or_else(refused)?;
-    if bool::from(key.secret().as_bytes().ct_eq(secret.as_bytes())) {
+    if key.matches(secret.as_bytes()) {
         Ok(())
     } else {
         Err(refused())
@@ -315,8 +314,72 @@ async fn read_json(headers: &HeaderMap, body: Incoming, within: Duration) -> Res
         }
         Err(_) => return Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", "could not read the body")),
     };
-    serde_json::from_slice(&bytes)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))
+    match serde_json::from_slice::<Strict>(&bytes) {
+        Ok(Strict(value)) => Ok(value),
+        Err(e) => {
+            Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))
+        }
+    }
+}
+
+/// A JSON value in which no object gives a key twice: as in the routes file, the last one
+/// silently winning is refused (`invalid_json`).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Strict(Value::Array(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format_args!("duplicate key {shown:?}")));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Strict(Value::Object(object)))
+    }
 }
 
 /// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?}`, validated.

@@ -19,9 +19,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's own message runs over several lines; start-up errors are one line.
-            let rendered = e.render().to_string();
-            eprintln!("callgate: {}", rendered.lines().next().unwrap_or("invalid arguments"));
+            // clap's own message runs over several lines and quotes values; start-up errors
+            // are one line, with no secret in it.
+            eprintln!("callgate: {}", callgate::settings::error_line(&e));
             return ExitCode::from(2);
         }
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::uri::{Authority, Scheme};
+use sha2::{Digest, Sha256};
 
 /// `callgate`: a pre-call gate for Twilio voice webhooks.
 #[derive(Debug, Parser)]
@@ -75,7 +76,8 @@ pub struct ServeArgs {
         long = "voice-path",
         env = "CALLGATE_VOICE_PATHS",
         value_delimiter = ',',
-        default_value = "/twilio/voice"
+        default_value = "/twilio/voice",
+        value_parser = parse_list_item
     )]
     pub voice_paths: Vec<String>,
     /// Whole gate exchange: connect, TLS, request, response.
@@ -109,7 +111,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Further paths signature-checked but not gated (status callbacks, action URLs).
-    #[arg(long = "signed-path", env = "CALLGATE_SIGNED_PATHS", value_delimiter = ',')]
+    #[arg(long = "signed-path", env = "CALLGATE_SIGNED_PATHS", value_delimiter = ',', value_parser = parse_list_item)]
     pub signed_paths: Vec<String>,
     /// Twilio auth tokens that may have signed a request (several while rotating).
     #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", value_delimiter = ',', value_parser = parse_secret)]
@@ -188,7 +190,48 @@ pub struct SharedKey {
     pub secret: Secret,
 }
 
+/// Flags whose value is, or holds, a secret: a bad value of one is never echoed.
+const SECRET_FLAGS: [&str; 4] =
+    ["--twilio-auth-token", "--twilio-shared-key", "--api-key", "--gate-signing-secret"];
+
+/// A command-line error as one line, with nothing that may be a secret: clap quotes the bad
+/// value, and the value of a secret flag is the secret (or a mistyped one, nearly the secret);
+/// a stray argument may be half of a secret list split at an unquoted space.
+pub fn error_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.as_str(),
+        _ => "",
+    };
+    let flag = arg.split([' ', '=']).next().unwrap_or("");
+    let bad_value = matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue);
+    if bad_value && SECRET_FLAGS.contains(&flag) {
+        let why = std::error::Error::source(e).map(|why| format!(": {why}")).unwrap_or_default();
+        return format!("error: invalid value for '{arg}' (not shown: it holds a secret){why}");
+    }
+    let rendered = e.render().to_string();
+    let line = rendered.lines().next().unwrap_or("invalid arguments");
+    if bad_value {
+        return line.to_owned();
+    }
+    // Every quoted word that is not a flag (a stray argument) is left out; a flag is cut at `=`.
+    line.split('\'')
+        .enumerate()
+        .map(|(i, part)| match i % 2 {
+            0 => part.to_owned(),
+            _ if part.starts_with('-') => format!("'{}'", part.split('=').next().unwrap_or(part)),
+            _ => "'...'".to_owned(),
+        })
+        .collect()
+}
+
+/// A list item as written, without the spaces around it (`old, new`).
+fn parse_list_item(s: &str) -> Result<String, String> {
+    Ok(s.trim().to_owned())
+}
+
 fn parse_secret(s: &str) -> Result<Secret, String> {
+    let s = s.trim();
     if s.is_empty() {
         return Err("must not be empty".into());
     }
@@ -196,7 +239,7 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
 }
 
 fn parse_shared_key(s: &str) -> Result<SharedKey, String> {
-    match s.split_once('=') {
+    match s.split_once('=').map(|(id, secret)| (id.trim(), secret.trim())) {
         Some((id, secret)) if !id.is_empty() && !secret.is_empty() => {
             Ok(SharedKey { id: id.into(), secret: Secret::new(secret) })
         }
@@ -212,16 +255,20 @@ fn parse_header_name(s: &str) -> Result<http::HeaderName, String> {
 #[derive(Clone)]
 pub struct ApiKey {
     pub id: String,
-    secret: String,
+    /// SHA-256 of the secret: only digests are compared, so the time a compare takes says
+    /// nothing about the secret's length (comparing the bytes stops at a length mismatch).
+    digest: [u8; 32],
 }
 
 impl ApiKey {
-    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> ApiKey {
-        ApiKey { id: id.into(), secret: secret.into() }
+    pub fn new(id: impl Into<String>, secret: impl AsRef<[u8]>) -> ApiKey {
+        ApiKey { id: id.into(), digest: Sha256::digest(secret.as_ref()).into() }
     }
 
-    pub fn secret(&self) -> &str {
-        &self.secret
+    /// Whether `secret` is this key's, in time that depends only on `secret`'s own length.
+    pub fn matches(&self, secret: &[u8]) -> bool {
+        let given: [u8; 32] = Sha256::digest(secret).into();
+        bool::from(subtle::ConstantTimeEq::ct_eq(&given[..], &self.digest[..]))
     }
 }
 
@@ -232,7 +279,7 @@ impl std::fmt::Debug for ApiKey {
 }
 
 fn parse_api_key(s: &str) -> Result<ApiKey, String> {
-    match s.split_once(':') {
+    match s.split_once(':').map(|(id, secret)| (id.trim(), secret.trim())) {
         Some((id, secret)) if !id.is_empty() && !secret.is_empty() => Ok(ApiKey::new(id, secret)),
         _ => Err("write ID:SECRET".into()),
     }
@@ -437,5 +484,67 @@ impl ServeArgs {
             serve: ServeArgs,
         }
         Only::parse_from(["callgate"]).serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The median time of `runs` calls of `f`.
+    fn median(runs: usize, mut f: impl FnMut()) -> std::time::Duration {
+        let mut times: Vec<_> = (0..runs)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[runs / 2]
+    }
+
+    #[test]
+    fn list_values_are_trimmed() {
+        let cli = Cli::try_parse_from([
+            "callgate",
+            "--upstream",
+            "http://e",
+            "--twilio-auth-token",
+            "old, new",
+            "--twilio-shared-key",
+            "k1=s1 , k2= s2",
+            "--api-key",
+            "a:x,\tb:y",
+            "--signed-path",
+            "/status, /action",
+            "--voice-path",
+            " /voice",
+        ])
+        .unwrap();
+        let s = Settings::from_args(cli.serve).unwrap();
+        assert_eq!(s.twilio_auth_tokens.iter().map(Secret::expose).collect::<Vec<_>>(), ["old", "new"]);
+        let shared: Vec<_> = s.twilio_shared_keys.iter().map(|k| (&*k.id, k.secret.expose())).collect();
+        assert_eq!(shared, [("k1", "s1"), ("k2", "s2")]);
+        assert_eq!(s.api_keys.iter().map(|k| &*k.id).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(s.api_keys[0].matches(b"x") && s.api_keys[1].matches(b"y"));
+        assert_eq!(s.signed_paths, ["/status", "/action"]);
+        assert_eq!(s.voice_paths, ["/voice"]);
+    }
+
+    #[test]
+    fn an_api_key_compare_takes_as_long_whatever_the_secrets_length() {
+        const LEN: usize = 1 << 20;
+        let key = ApiKey::new("kid", vec![b'a'; LEN]);
+        assert!(key.matches(&vec![b'a'; LEN]));
+        assert!(!key.matches(&vec![b'a'; LEN + 1]) && !key.matches(b"a") && !key.matches(b""));
+        // A guess of the secret's length and one a byte longer cost the same: a compare that
+        // stops at a length mismatch answers the second a thousand times sooner.
+        let same = vec![b'b'; LEN];
+        let longer = vec![b'b'; LEN + 1];
+        let (a, b) =
+            (median(9, || assert!(!key.matches(&same))), median(9, || assert!(!key.matches(&longer))));
+        let ratio = a.max(b).as_secs_f64() / a.min(b).as_secs_f64().max(1e-9);
+        assert!(ratio < 4.0, "same length {a:?}, one longer {b:?}");
     }
 }

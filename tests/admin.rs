@@ -419,3 +419,73 @@ async fn a_hand_edit_just_before_an_api_write_is_not_written_over() {
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&cg.routes).unwrap()).unwrap();
     assert_eq!(saved, table);
 }
+
+/// Issue 18 item 13: a key given twice in a body is refused as the routes file refuses it,
+/// wherever it is (the last one silently winning could move a billing gate), and nothing changes.
+#[tokio::test]
+async fn a_body_with_a_duplicate_key_is_invalid_json_and_changes_nothing() {
+    let (cg, _engine) = callgate().await;
+    let json = Some("application/json");
+    let auth = Some(ADMIN_AUTH);
+    let cases = [
+        (
+            "/v1/integrations/precall/agent/agent_a",
+            r#"{"url": "https://a.example/", "url": "https://b.example/"}"#,
+        ),
+        (
+            "/v1/integrations/precall/number/+447700900123",
+            r#"{"url": "https://a.example/", "on_failure": "accept", "on_failure": "reject"}"#,
+        ),
+        ("/v1/numbers/+447700900123", r#"{"agent_id": "agent_a", "agent_id": "agent_b"}"#),
+        ("/v1/numbers/+447700900123", r#"{"agent_id": "agent_a", "x": {"k": 1, "k": 2}}"#),
+    ];
+    for (path, body) in cases {
+        let (status, answer) = raw_admin(&cg, "PUT", path, auth, json, body).await;
+        assert_eq!((status, code(&answer)), (StatusCode::BAD_REQUEST, "invalid_json"), "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("duplicate key"), "{message}");
+        assert!(!message.contains("example"), "no value is echoed: {message}");
+    }
+    assert_eq!(cg.table().await, json!({"agents": {}, "numbers": {}}));
+}
+
+/// Issue 18 item 11: a routes file with no write permission (0444: file-managed by intent) is
+/// not replaced by a save, even by root, whose rename over it would succeed.
+#[tokio::test]
+async fn a_0444_routes_file_answers_read_only_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let engine = Stub::start(Reply::json("")).await;
+    let original = json!({"numbers": {TO: {"agent_id": "agent_a"}}}).to_string();
+    let cg = Callgate::spawn(&original, &engine.url("")).await;
+    std::fs::set_permissions(&cg.routes, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = cg.table().await;
+    let (status, body) =
+        cg.admin("PUT", "/v1/numbers/+447700900124", Some(json!({"agent_id": "agent_b"}))).await;
+    assert_eq!((status, code(&body)), (StatusCode::SERVICE_UNAVAILABLE, "read_only"), "{body}");
+    assert_eq!(cg.table().await, before, "nothing changed in memory");
+    assert_eq!(std::fs::read_to_string(&cg.routes).unwrap(), original, "nor on disk");
+    let mode = std::fs::metadata(&cg.routes).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444);
+}
+
+/// Issue 18 item 11: in a container callgate is pid 1, and two replicas sharing a volume had
+/// the same temporary file name: one's save failed on the other's file, and removed it.
+#[tokio::test]
+async fn another_writers_temporary_file_neither_blocks_a_save_nor_is_removed() {
+    let (cg, _engine) = callgate().await;
+    let name = cg.routes.file_name().unwrap().to_str().unwrap().to_owned();
+    let theirs = cg.dir.path().join(format!(".{name}.callgate-{}.tmp", std::process::id()));
+    std::fs::write(&theirs, "another writer's save in progress").unwrap();
+    let (status, body) =
+        cg.admin("PUT", "/v1/numbers/+447700900123", Some(json!({"agent_id": "agent_a"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "another writer's save in progress");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&cg.routes).unwrap()).unwrap();
+    assert_eq!(saved["numbers"][TO]["agent_id"], "agent_a");
+    let ours: Vec<_> = std::fs::read_dir(cg.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tmp") && *p != theirs)
+        .collect();
+    assert!(ours.is_empty(), "our own temporary file is gone: {ours:?}");
+}

@@ -58,6 +58,40 @@ fn check_reports_every_problem_on_its_own_line() {
     assert!(!out.contains("https"), "{out}");
 }
 
+/// Issue 18 item 14: a structural problem (an unknown top-level field, a value of the wrong
+/// type, a duplicate key) no longer hides the problems after it.
+#[test]
+fn check_lists_structural_and_value_problems_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    std::fs::write(
+        &path,
+        r#"{
+  "agent": {},
+  "agents": {"a1": {"gate": {"url": "ftp://x.example/?token=S3CRET", "timeout_ms": "fast"}},
+             "a1": {}},
+  "numbers": {"+4": {"agent_id": "a1"}, "+15005550006": {"gate": {"url": "https://x.example/", "timeout_ms": 5, "retries": 3}}}
+}"#,
+    )
+    .unwrap();
+    let (code, out) = check(&["--routes", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let want = [
+        "unknown field `agent`",
+        "agents.a1.gate.timeout_ms: invalid type: string",
+        "agents.a1.gate.url: must be https://",
+        "agents.a1: duplicate key",
+        "numbers.\"+4\": not an E.164",
+        "numbers.\"+15005550006\".gate: unknown field `retries`",
+        "numbers.\"+15005550006\".gate.timeout_ms: must be 100 to 30000",
+    ];
+    for line in want {
+        assert!(out.contains(line), "lacks {line}: {out}");
+    }
+    assert_eq!(out.lines().count(), want.len(), "one line per problem: {out}");
+    assert!(!out.contains("S3CRET"), "{out}");
+}
+
 #[test]
 fn boolean_variables_take_1_and_yes_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,6 +161,42 @@ fn start_up_refuses_bad_flags_with_one_line_and_status_2() {
 }
 
 /// One curl line of the demo, as a request: URL and form pairs.
+/// Issue 18 item 10: clap's own message quotes a bad value, and the value of a secret flag is
+/// the secret (or a mistyped one, which is nearly the secret). Nothing of it reaches stderr.
+#[test]
+fn a_bad_secret_value_is_refused_without_being_echoed() {
+    let cases: [(&[&str], Option<(&str, &str)>); 7] = [
+        (&["--api-key", "S3CRETX"], None),
+        (&["--twilio-shared-key", "S3CRETX"], None),
+        (&["--twilio-shared-key=S3CRETX"], None),
+        (&[], Some(("CALLGATE_API_KEYS", "kid:fine,S3CRETX"))),
+        (&[], Some(("CALLGATE_TWILIO_SHARED_KEYS", "S3CRETX"))),
+        // An unquoted space splits a token list into a flag's value and a stray argument.
+        (&["--twilio-auth-token", "old", "S3CRETX"], None),
+        (&["--api-kye=kid:S3CRETX"], None),
+    ];
+    for (args, env) in cases {
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", "http://e"]);
+        command.args(args).env_clear();
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?} {env:?}: {err}");
+        assert!(!err.contains("S3CRETX"), "{args:?} {env:?}: {err}");
+    }
+    // The flag is still named, and what is wrong with the value said.
+    let out = serve(&["--upstream", "http://e", "--api-key", "S3CRETX"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--api-key") && err.contains("ID:SECRET"), "{err}");
+    // A value that is no secret is still shown, as it helps.
+    let out = serve(&["--upstream", "http://e", "--gate-timeout", "soon"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'soon'"));
+}
+
 fn parse_curl(line: &str) -> (String, String) {
     let mut words = line.split_whitespace().skip(1);
     let mut url = String::new();

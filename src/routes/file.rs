@@ -6,10 +6,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use super::shape::{Fields, Name, Object, Scalar};
 use super::{
     validate_agent_id, Agent, Gate, GateError, NumberEntry, NumberKey, OnFailure, RouteTable, RoutesError,
     ValidateOptions, NOT_AGENT_ID, NOT_E164,
@@ -60,29 +61,6 @@ impl TryFrom<(GateSpec<'_>, &ValidateOptions)> for Gate {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "an agent object {\"gate\": ...}")]
-struct RawAgent<'a> {
-    #[serde(default, borrow)]
-    gate: Option<GateSpec<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a number object {\"agent_id\": ..., \"gate\": ...}")]
-struct RawNumber<'a> {
-    #[serde(default, borrow, deserialize_with = "opt_str")]
-    agent_id: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    gate: Option<GateSpec<'a>>,
-}
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "lowercase")]
-enum TopField {
-    Agents,
-    Numbers,
-}
-
 /// A string borrowed from the input when it has no escapes (nearly always), so that reading a
 /// million numbers allocates nothing per key.
 struct Str<'a>(Cow<'a, str>);
@@ -122,21 +100,13 @@ pub(super) fn parse(bytes: &[u8], opts: &ValidateOptions) -> Result<RouteTable, 
     if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
         return Err(RoutesError::one("file is empty"));
     }
-    let mut loader = Loader {
-        opts,
-        agents: FxHashMap::default(),
-        numbers: FxHashMap::default(),
-        ids: FxHashSet::default(),
-        bad_agent_keys: FxHashSet::default(),
-        bad_number_keys: FxHashSet::default(),
-        problems: Vec::new(),
-        unlisted: 0,
-    };
+    let mut loader = Loader::new(opts);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    FileSeed(&mut loader)
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| RoutesError::one(structure_problem(&e)))?;
+    // Only broken syntax stops the read; every other problem is recorded and the read goes on.
+    let read = Object(FileFields { l: &mut loader, agents: false, numbers: false });
+    if let Err(e) = read.deserialize(&mut de).and_then(|_| de.end()) {
+        loader.problem(format_args!("{}", structure_problem(&e)));
+    }
     if loader.unlisted > 0 {
         let more = format!("... and {} more problems", loader.unlisted);
         loader.problems.push(more);
@@ -181,7 +151,20 @@ struct Loader<'o> {
     unlisted: usize,
 }
 
-impl Loader<'_> {
+impl<'o> Loader<'o> {
+    fn new(opts: &'o ValidateOptions) -> Loader<'o> {
+        Loader {
+            opts,
+            agents: FxHashMap::default(),
+            numbers: FxHashMap::default(),
+            ids: FxHashSet::default(),
+            bad_agent_keys: FxHashSet::default(),
+            bad_number_keys: FxHashSet::default(),
+            problems: Vec::new(),
+            unlisted: 0,
+        }
+    }
+
     fn problem(&mut self, line: fmt::Arguments<'_>) {
         if self.problems.len() < MAX_PROBLEMS {
             self.problems.push(line.to_string());
@@ -200,12 +183,12 @@ impl Loader<'_> {
     }
 
     /// The validated gate, or `None` with each problem recorded under `section.key.gate`.
-    fn gate(&mut self, spec: GateSpec<'_>, section: &str, key: &str) -> Option<Arc<Gate>> {
+    fn gate(&mut self, spec: GateSpec<'_>, at: Entry<'_>) -> Option<Arc<Gate>> {
         match spec.validate(self.opts) {
             Ok(gate) => Some(Arc::new(gate)),
             Err(problems) => {
                 for p in problems {
-                    self.problem(format_args!("{section}.{}.gate.{p}", PathKey(key)));
+                    self.problem(format_args!("{at}.gate.{p}"));
                 }
                 None
             }
@@ -213,67 +196,64 @@ impl Loader<'_> {
     }
 }
 
-fn duplicate_key<E: de::Error>(key: &str) -> E {
-    E::custom(format_args!("duplicate key {}", Quoted(key)))
+/// `section.key`: where an entry is, in a problem line.
+#[derive(Clone, Copy)]
+struct Entry<'k>(&'static str, &'k str);
+
+impl fmt::Display for Entry<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, PathKey(self.1))
+    }
 }
 
 /// The whole file: an object with optional `agents` and `numbers`.
-struct FileSeed<'l, 'o>(&'l mut Loader<'o>);
-
-impl<'de> DeserializeSeed<'de> for FileSeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
+struct FileFields<'l, 'o> {
+    l: &'l mut Loader<'o>,
+    agents: bool,
+    numbers: bool,
 }
 
-impl<'de> Visitor<'de> for FileSeed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a routes object {\"agents\": {...}, \"numbers\": {...}}")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let (mut agents, mut numbers) = (false, false);
-        while let Some(field) = map.next_key::<TopField>()? {
-            let seen = match field {
-                TopField::Agents => std::mem::replace(&mut agents, true),
-                TopField::Numbers => std::mem::replace(&mut numbers, true),
+impl<'de> Fields<'de> for FileFields<'_, '_> {
+    fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Str(field)) = map.next_key::<Str<'de>>()? {
+            let (seen, section) = match &*field {
+                "agents" => (&mut self.agents, "agents"),
+                "numbers" => (&mut self.numbers, "numbers"),
+                _ => {
+                    let name = Name(&field);
+                    self.l.problem(format_args!("unknown field {name}, expected `agents` or `numbers`"));
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
             };
-            if seen {
-                let name = if matches!(field, TopField::Agents) { "agents" } else { "numbers" };
-                return Err(de::Error::duplicate_field(name));
-            }
-            match field {
-                TopField::Agents => map.next_value_seed(AgentsSeed(&mut *self.0))?,
-                TopField::Numbers => map.next_value_seed(NumbersSeed(&mut *self.0))?,
+            if std::mem::replace(seen, true) {
+                self.l.problem(format_args!("duplicate field `{section}`"));
+                map.next_value::<IgnoredAny>()?;
+            } else if section == "agents" {
+                map.next_value_seed(Object(AgentsFields(&mut *self.l)))?;
+            } else {
+                map.next_value_seed(Object(NumbersFields(&mut *self.l)))?;
             }
         }
         Ok(())
     }
+
+    fn other(&mut self, value: Scalar<'de>) {
+        let kind = value.kind();
+        self.l.problem(format_args!(
+            "invalid type: {kind}, expected a routes object {{\"agents\": {{...}}, \"numbers\": {{...}}}}"
+        ));
+    }
 }
 
 /// `agents`: agent id → agent, each entry validated as it is read.
-struct AgentsSeed<'l, 'o>(&'l mut Loader<'o>);
+struct AgentsFields<'l, 'o>(&'l mut Loader<'o>);
 
-impl<'de> DeserializeSeed<'de> for AgentsSeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for AgentsSeed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object of agent ids to agents")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let l = self.0;
+impl<'de> Fields<'de> for AgentsFields<'_, '_> {
+    fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        let l = &mut *self.0;
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+            let at = Entry("agents", &key);
             let valid = validate_agent_id(&key);
             let repeated = if valid {
                 l.agents.contains_key(&*key)
@@ -281,13 +261,16 @@ impl<'de> Visitor<'de> for AgentsSeed<'_, '_> {
                 !l.bad_agent_keys.insert(key.as_ref().into())
             };
             if repeated {
-                return Err(duplicate_key(&key));
+                l.problem(format_args!("{at}: duplicate key"));
+                map.next_value::<IgnoredAny>()?;
+                continue;
             }
-            let raw: RawAgent<'de> = map.next_value()?;
             if !valid {
-                l.problem(format_args!("agents.{}: {NOT_AGENT_ID}", PathKey(&key)));
+                l.problem(format_args!("{at}: {NOT_AGENT_ID}"));
             }
-            let gate = raw.gate.and_then(|spec| l.gate(spec, "agents", &key));
+            let AgentFields { gate, .. } =
+                map.next_value_seed(Object(AgentFields { l: &mut *l, at, gate: None, seen_gate: false }))?;
+            let gate = gate.and_then(|spec| l.gate(spec, at));
             if valid {
                 let id = l.intern(&key);
                 l.agents.insert(id, Agent { gate });
@@ -295,54 +278,218 @@ impl<'de> Visitor<'de> for AgentsSeed<'_, '_> {
         }
         Ok(())
     }
+
+    fn other(&mut self, value: Scalar<'de>) {
+        let kind = value.kind();
+        self.0
+            .problem(format_args!("agents: invalid type: {kind}, expected an object of agent ids to agents"));
+    }
+}
+
+/// One agent: `{"gate": ...}`.
+struct AgentFields<'l, 'o, 'k, 'de> {
+    l: &'l mut Loader<'o>,
+    at: Entry<'k>,
+    gate: Option<GateSpec<'de>>,
+    seen_gate: bool,
+}
+
+impl<'de> Fields<'de> for AgentFields<'_, '_, '_, 'de> {
+    fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        let at = self.at;
+        while let Some(Str(field)) = map.next_key::<Str<'de>>()? {
+            if field != "gate" {
+                self.l.problem(format_args!("{at}: unknown field {}, expected `gate`", Name(&field)));
+                map.next_value::<IgnoredAny>()?;
+            } else if std::mem::replace(&mut self.seen_gate, true) {
+                self.l.problem(format_args!("{at}: duplicate field `gate`"));
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                self.gate = map.next_value_seed(Object(GateFields::new(&mut *self.l, at)))?.spec();
+            }
+        }
+        Ok(())
+    }
+
+    fn other(&mut self, value: Scalar<'de>) {
+        let (at, kind) = (self.at, value.kind());
+        self.l
+            .problem(format_args!("{at}: invalid type: {kind}, expected an agent object {{\"gate\": ...}}"));
+    }
 }
 
 /// `numbers`: E.164 number → number entry, each entry validated as it is read.
-struct NumbersSeed<'l, 'o>(&'l mut Loader<'o>);
+struct NumbersFields<'l, 'o>(&'l mut Loader<'o>);
 
-impl<'de> DeserializeSeed<'de> for NumbersSeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for NumbersSeed<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object of E.164 numbers to number entries")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let l = self.0;
+impl<'de> Fields<'de> for NumbersFields<'_, '_> {
+    fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        let l = &mut *self.0;
         while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+            let at = Entry("numbers", &key);
             let number = NumberKey::parse(&key);
             let repeated = match number {
                 Some(number) => l.numbers.contains_key(&number),
                 None => !l.bad_number_keys.insert(key.as_ref().into()),
             };
             if repeated {
-                return Err(duplicate_key(&key));
+                l.problem(format_args!("{at}: duplicate key"));
+                map.next_value::<IgnoredAny>()?;
+                continue;
             }
-            let raw: RawNumber<'de> = map.next_value()?;
             if number.is_none() {
-                l.problem(format_args!("numbers.{}: {NOT_E164}", PathKey(&key)));
+                l.problem(format_args!("{at}: {NOT_E164}"));
             }
-            let agent_id = match raw.agent_id {
+            let NumberFields { agent_id, gate, .. } = map.next_value_seed(Object(NumberFields {
+                l: &mut *l,
+                at,
+                agent_id: None,
+                gate: None,
+                seen: [false; 2],
+            }))?;
+            let agent_id = match agent_id {
                 Some(id) if validate_agent_id(&id) => Some(l.intern(&id)),
                 Some(_) => {
-                    l.problem(format_args!("numbers.{}.agent_id: {NOT_AGENT_ID}", PathKey(&key)));
+                    l.problem(format_args!("{at}.agent_id: {NOT_AGENT_ID}"));
                     None
                 }
                 None => None,
             };
-            let gate = raw.gate.and_then(|spec| l.gate(spec, "numbers", &key));
+            let gate = gate.and_then(|spec| l.gate(spec, at));
             if let Some(number) = number {
                 l.numbers.insert(number, NumberEntry { agent_id, gate });
             }
         }
         Ok(())
+    }
+
+    fn other(&mut self, value: Scalar<'de>) {
+        let kind = value.kind();
+        self.0.problem(format_args!(
+            "numbers: invalid type: {kind}, expected an object of E.164 numbers to number entries"
+        ));
+    }
+}
+
+/// One number: `{"agent_id": ..., "gate": ...}`.
+struct NumberFields<'l, 'o, 'k, 'de> {
+    l: &'l mut Loader<'o>,
+    at: Entry<'k>,
+    agent_id: Option<Cow<'de, str>>,
+    gate: Option<GateSpec<'de>>,
+    /// `agent_id`, `gate`.
+    seen: [bool; 2],
+}
+
+impl<'de> Fields<'de> for NumberFields<'_, '_, '_, 'de> {
+    fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        let at = self.at;
+        while let Some(Str(field)) = map.next_key::<Str<'de>>()? {
+            let Some(i) = ["agent_id", "gate"].iter().position(|f| *f == field) else {
+                let name = Name(&field);
+                self.l.problem(format_args!("{at}: unknown field {name}, expected `agent_id` or `gate`"));
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if std::mem::replace(&mut self.seen[i], true) {
+                self.l.problem(format_args!("{at}: duplicate field `{field}`"));
+                map.next_value::<IgnoredAny>()?;
+            } else if i == 1 {
+                self.gate = map.next_value_seed(Object(GateFields::new(&mut *self.l, at)))?.spec();
+            } else {
+                match map.next_value::<Scalar<'de>>()? {
+                    Scalar::Str(id) => self.agent_id = Some(id),
+                    Scalar::Null => {}
+                    other => {
+                        let kind = other.kind();
+                        self.l
+                            .problem(format_args!("{at}.agent_id: invalid type: {kind}, expected a string"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn other(&mut self, value: Scalar<'de>) {
+        let (at, kind) = (self.at, value.kind());
+        self.l.problem(format_args!(
+            "{at}: invalid type: {kind}, expected a number object {{\"agent_id\": ..., \"gate\": ...}}"
+        ));
+    }
+}
+
+/// A gate: `{"url": ..., "timeout_ms": ..., "on_failure": ...}`; `null` is no gate.
+struct GateFields<'l, 'o, 'k, 'de> {
+    l: &'l mut Loader<'o>,
+    at: Entry<'k>,
+    /// An object was read (not `null` or a value of the wrong type).
+    object: bool,
+    url: Option<Cow<'de, str>>,
+    timeout_ms: Option<u64>,
+    on_failure: Option<Cow<'de, str>>,
+    /// `url`, `timeout_ms`, `on_failure`.
+    seen: [bool; 3],
+}
+
+const GATE_FIELDS: [&str; 3] = ["url", "timeout_ms", "on_failure"];
+
+impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
+    fn new(l: &'l mut Loader<'o>, at: Entry<'k>) -> Self {
+        GateFields { l, at, object: false, url: None, timeout_ms: None, on_failure: None, seen: [false; 3] }
+    }
+
+    /// The gate as written, or `None` (a missing `url` recorded as a problem).
+    fn spec(self) -> Option<GateSpec<'de>> {
+        if !self.object {
+            return None;
+        }
+        if !self.seen[0] {
+            self.l.problem(format_args!("{}.gate: missing field `url`", self.at));
+        }
+        Some(GateSpec { url: self.url?, timeout_ms: self.timeout_ms, on_failure: self.on_failure })
+    }
+}
+
+impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
+    fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
+        self.object = true;
+        let at = self.at;
+        while let Some(Str(field)) = map.next_key::<Str<'de>>()? {
+            let Some(i) = GATE_FIELDS.iter().position(|f| *f == field) else {
+                let name = Name(&field);
+                self.l.problem(format_args!(
+                    "{at}.gate: unknown field {name}, expected `url`, `timeout_ms` or `on_failure`"
+                ));
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let name = GATE_FIELDS[i];
+            if std::mem::replace(&mut self.seen[i], true) {
+                self.l.problem(format_args!("{at}.gate: duplicate field `{name}`"));
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            match (i, map.next_value::<Scalar<'de>>()?) {
+                (0, Scalar::Str(url)) => self.url = Some(url),
+                (1, Scalar::Int(ms)) => self.timeout_ms = Some(ms),
+                (2, Scalar::Str(policy)) => self.on_failure = Some(policy),
+                (1 | 2, Scalar::Null) => {}
+                (_, other) => {
+                    let (kind, want) = (other.kind(), if i == 1 { "an integer" } else { "a string" });
+                    self.l.problem(format_args!("{at}.gate.{name}: invalid type: {kind}, expected {want}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn other(&mut self, value: Scalar<'de>) {
+        if !matches!(value, Scalar::Null) {
+            let (at, kind) = (self.at, value.kind());
+            self.l.problem(format_args!(
+                "{at}.gate: invalid type: {kind}, expected a gate object {{\"url\": ...}}"
+            ));
+        }
     }
 }
 
@@ -511,7 +658,7 @@ mod tests {
         let cases: [(&[u8], &str); 6] = [
             (
                 include_bytes!("../../fixtures/routes/invalid-duplicate-key.json"),
-                "duplicate key \"+447700900123\"",
+                "numbers.\"+447700900123\": duplicate key",
             ),
             (include_bytes!("../../fixtures/routes/invalid-empty.json"), "file is empty"),
             (include_bytes!("../../fixtures/routes/invalid-unknown-field.json"), "unknown field `timeout`"),
@@ -547,65 +694,131 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_are_errors_with_their_position() {
+    fn duplicate_keys_are_errors_with_their_path() {
         let json = "{\"agents\": {\n  \"a1\": {},\n  \"a1\": {}\n}}";
-        assert_eq!(problem(json), "line 3 column 6: duplicate key \"a1\"");
+        assert_eq!(problem(json), "agents.a1: duplicate key");
         let json = "{\"numbers\": {\n  \"+447700900123\": {},\n  \"+447700900123\": {}}}";
-        assert_eq!(problem(json), "line 3 column 17: duplicate key \"+447700900123\"");
+        assert_eq!(problem(json), "numbers.\"+447700900123\": duplicate key");
         // Escapes make a different spelling of the same key.
         let json = r#"{"numbers": {"+447700900123": {}, "\u002b447700900123": {}}}"#;
-        assert!(problem(json).ends_with("duplicate key \"+447700900123\""));
-        // Invalid keys are not in the table, but repeating one is still caught.
-        assert!(problem(r#"{"agents": {"a b": {}, "a b": {}}}"#).ends_with("duplicate key \"a b\""));
-        assert!(problem(r#"{"numbers": {"+1": {}, "+1": {}}}"#).ends_with("duplicate key \"+1\""));
-        assert!(problem(r#"{"agents": {}, "agents": {}}"#).ends_with("duplicate field `agents`"));
+        assert_eq!(problem(json), "numbers.\"+447700900123\": duplicate key");
+        // Invalid keys are not in the table, but repeating one is still caught (once).
+        let all = problems(r#"{"agents": {"a b": {}, "a b": {}}}"#, &STRICT);
+        assert_eq!(all, [format!("agents.\"a b\": {NOT_AGENT_ID}"), "agents.\"a b\": duplicate key".into()]);
+        let all = problems(r#"{"numbers": {"+1": {}, "+1": {}}}"#, &STRICT);
+        assert_eq!(all, [format!("numbers.\"+1\": {NOT_E164}"), "numbers.\"+1\": duplicate key".into()]);
+        assert_eq!(problem(r#"{"agents": {}, "agents": {}}"#), "duplicate field `agents`");
     }
 
     #[test]
     fn duplicate_fields_inside_entries_are_errors() {
         let json = r#"{"numbers": {"+447700900123": {"agent_id": "a", "agent_id": "b"}}}"#;
-        assert!(problem(json).ends_with("duplicate field `agent_id`"), "{}", problem(json));
+        assert_eq!(problem(json), "numbers.\"+447700900123\": duplicate field `agent_id`");
         let json = r#"{"agents": {"a": {"gate": {"url": "https://x/", "url": "https://y/"}}}}"#;
-        assert!(problem(json).ends_with("duplicate field `url`"));
+        assert_eq!(problem(json), "agents.a.gate: duplicate field `url`");
         let json = format!(r#"{{"agents": {{"a": {{"gate": {GATE}, "gate": {GATE}}}}}}}"#);
-        assert!(problem(&json).ends_with("duplicate field `gate`"));
+        assert_eq!(problem(&json), "agents.a: duplicate field `gate`");
     }
 
     #[test]
     fn unknown_fields_are_errors_everywhere() {
         let cases = [
-            (r#"{"agent": {}}"#, "line 1 column 8: unknown field `agent`, expected `agents` or `numbers`"),
+            (r#"{"agent": {}}"#, "unknown field `agent`, expected `agents` or `numbers`"),
             (
                 r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout": 5}}}}"#,
-                "unknown field `timeout`",
+                "agents.a.gate: unknown field `timeout`, expected `url`, `timeout_ms` or `on_failure`",
             ),
-            (r#"{"agents": {"a": {"gates": {}}}}"#, "unknown field `gates`"),
-            (r#"{"numbers": {"+447700900123": {"agent": "a"}}}"#, "unknown field `agent`"),
+            (r#"{"agents": {"a": {"gates": {}}}}"#, "agents.a: unknown field `gates`, expected `gate`"),
+            (
+                r#"{"numbers": {"+447700900123": {"agent": "a"}}}"#,
+                "numbers.\"+447700900123\": unknown field `agent`, expected `agent_id` or `gate`",
+            ),
         ];
         for (json, want) in cases {
-            assert!(problem(json).contains(want), "{} lacks {want}", problem(json));
+            assert_eq!(problem(json), want);
         }
     }
 
     #[test]
-    fn structure_errors_stop_at_the_first() {
+    fn values_of_the_wrong_type_are_reported_by_path() {
+        let at = "numbers.\"+447700900123\"";
         let cases = [
-            ("[]", "line 1 column 0: invalid type: sequence, expected a routes object"),
-            ("null", "line 1 column 4: invalid type: null, expected a routes object"),
-            (r#"{"agents": null}"#, "invalid type: null, expected an object of agent ids"),
-            (r#"{"numbers": {"+447700900123": "a1"}}"#, "invalid type: string, expected a number object"),
-            (r#"{"agents": {"a": {"gate": {}}}}"#, "missing field `url`"),
+            ("[]".to_owned(), "invalid type: array, expected a routes object".to_owned()),
+            ("null".into(), "invalid type: null, expected a routes object".into()),
             (
-                r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout_ms": "5"}}}}"#,
-                "invalid type: string, expected u64",
+                r#"{"agents": null}"#.into(),
+                "agents: invalid type: null, expected an object of agent ids".into(),
             ),
-            (r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout_ms": -5}}}}"#, "expected u64"),
-            ("{} {}", "line 1 column 4: trailing characters"),
-            ("{\"agents\": {", "line 1 column 12: EOF while parsing an object"),
+            (
+                r#"{"numbers": {"+447700900123": "a1"}}"#.into(),
+                format!("{at}: invalid type: string, expected a number object"),
+            ),
+            (r#"{"agents": {"a": {"gate": {}}}}"#.into(), "agents.a.gate: missing field `url`".into()),
+            (
+                r#"{"agents": {"a": {"gate": 5}}}"#.into(),
+                "agents.a.gate: invalid type: integer, expected a gate object".into(),
+            ),
+            (
+                r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout_ms": "5"}}}}"#.into(),
+                "agents.a.gate.timeout_ms: invalid type: string, expected an integer".into(),
+            ),
+            (
+                r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout_ms": -5}}}}"#.into(),
+                "agents.a.gate.timeout_ms: invalid type: negative integer, expected an integer".into(),
+            ),
+            (
+                r#"{"agents": {"a": {"gate": {"url": ["https://x/"]}}}}"#.into(),
+                "agents.a.gate.url: invalid type: array, expected a string".into(),
+            ),
+            (
+                format!(r#"{{"numbers": {{"+447700900123": {{"agent_id": 7, "gate": {GATE}}}}}}}"#),
+                format!("{at}.agent_id: invalid type: integer, expected a string"),
+            ),
         ];
         for (json, want) in cases {
-            assert!(problem(json).contains(want), "{} lacks {want}", problem(json));
+            let got = problem(&json);
+            assert!(got.starts_with(&want), "{json}: {got} is not {want}");
         }
+        // `null` is no value for an optional field.
+        let json = r#"{"numbers": {"+447700900123": {"agent_id": null, "gate": null}},
+                       "agents": {"a": {"gate": {"url": "https://x/", "timeout_ms": null, "on_failure": null}}}}"#;
+        assert!(RouteTable::parse(json.as_bytes(), &STRICT).is_ok());
+    }
+
+    #[test]
+    fn structural_problems_do_not_hide_the_others() {
+        let json = r#"{
+          "agent": {"x": 1},
+          "agents": {"a1": {"gate": {"url": "ftp://x/", "timeout_ms": "fast", "retry": true}}, "a1": {}},
+          "numbers": {"+1": {"agent_id": "a1"}, "+447700900123": {"gate": {"url": "https://x/", "timeout_ms": 5}}}
+        }"#;
+        let want = [
+            "unknown field `agent`, expected `agents` or `numbers`",
+            "agents.a1.gate.timeout_ms: invalid type: string, expected an integer",
+            "agents.a1.gate: unknown field `retry`, expected `url`, `timeout_ms` or `on_failure`",
+            "agents.a1.gate.url: must be https:// (or http:// with --allow-insecure-gates)",
+            "agents.a1: duplicate key",
+            &format!("numbers.\"+1\": {NOT_E164}"),
+            "numbers.\"+447700900123\".gate.timeout_ms: must be 100 to 30000 (got 5)",
+        ];
+        assert_eq!(problems(json, &STRICT), want);
+    }
+
+    #[test]
+    fn broken_syntax_stops_the_read_after_the_problems_before_it() {
+        let cases = [
+            ("{} {}", "line 1 column 4: trailing characters"),
+            ("{\"agents\": {", "line 1 column 12: EOF while parsing an object"),
+            ("{\"agents\": [1,,]}", "line 1 column 15: expected value"),
+        ];
+        for (json, want) in cases {
+            assert_eq!(problem(json), want);
+        }
+        let json = "{\"numbers\": {\"+1\": {}, \"+447700900123\": {\n";
+        assert_eq!(
+            problems(json, &STRICT),
+            [format!("numbers.\"+1\": {NOT_E164}"), "line 2 column 0: EOF while parsing an object".into()]
+        );
     }
 
     #[test]
@@ -743,10 +956,16 @@ mod tests {
         assert!(matches!(plain, Cow::Borrowed(_)));
         let Str(escaped) = serde_json::from_str::<Str>(r#""\u002b447700900123""#).unwrap();
         assert_eq!(escaped, "+447700900123");
-        let raw: RawNumber = serde_json::from_str(
-            r#"{"agent_id": "a1", "gate": {"url": "https://x/", "on_failure": "reject"}}"#,
-        )
-        .unwrap();
+        let json = r#"{"agent_id": "a1", "gate": {"url": "https://x/", "on_failure": "reject"}}"#;
+        let mut loader = Loader::new(&STRICT);
+        let fields = NumberFields {
+            l: &mut loader,
+            at: Entry("numbers", "+447700900123"),
+            agent_id: None,
+            gate: None,
+            seen: [false; 2],
+        };
+        let raw = Object(fields).deserialize(&mut serde_json::Deserializer::from_str(json)).unwrap();
         assert!(matches!(raw.agent_id, Some(Cow::Borrowed("a1"))));
         let spec = raw.gate.unwrap();
         assert!(matches!((&spec.url, &spec.on_failure), (Cow::Borrowed(_), Some(Cow::Borrowed(_)))));

@@ -5,6 +5,7 @@
 mod check;
 mod file;
 mod gate;
+mod shape;
 pub mod store;
 pub mod watch;
 pub mod writer;
@@ -179,8 +180,9 @@ impl RouteTable {
         RouteTable::default()
     }
 
-    /// Parses and validates a routes file. Syntax and structure errors (including duplicate
-    /// keys and unknown fields) stop at the first; invalid values are all reported.
+    /// Parses and validates a routes file, reporting every problem in file order: duplicate
+    /// keys, unknown fields, values of the wrong type and invalid values alike. Only broken JSON
+    /// syntax stops the read (after the problems found before it).
     pub fn parse(bytes: &[u8], opts: &ValidateOptions) -> Result<RouteTable, RoutesError> {
         file::parse(bytes, opts)
     }

@@ -200,14 +200,23 @@ impl Task {
             let mut table = RouteTable::clone(&current);
             drop(current);
             let had: Vec<bool> = edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
-            save(&path, &table).map(|content| (table, content, had))
+            save(&path, &table, sync_dir).map(|saved| (table, saved, had))
         })
         .await
         .expect("the save task does not panic");
         match saved {
-            Ok((table, content, had)) => {
+            Ok((table, saved, had)) => {
+                if let Some(e) = saved.unsynced {
+                    // The rename happened: the new file is what a restart reads, so the edits
+                    // are in force and answered as done; only their durability is in doubt.
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "admin write saved, but its directory could not be synced; it may not survive a power loss"
+                    );
+                }
                 self.stat = stat(&self.path);
-                self.install(table, Some(content));
+                self.install(table, Some(saved.content));
                 for (had, done) in had.into_iter().zip(waiting) {
                     self.metrics.record_admin_write(true);
                     let _ = done.send(Ok(had));
@@ -358,26 +367,65 @@ impl<W: Write> Write for Fingerprinting<W> {
 /// ones compact, which halves the bytes to write at a million numbers.
 const PRETTY_UP_TO: usize = 10_000;
 
+/// A save that reached the routes file.
+struct Saved {
+    content: Fingerprint,
+    /// The directory could not be synced after the rename: the new file is in place (and in
+    /// force), but may not survive a power loss.
+    unsynced: Option<std::io::Error>,
+}
+
+/// Syncs a directory, so that a rename in it survives a power loss.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A temporary file name of this process's own: the pid alone is 1 in every container, and
+/// replicas may share a volume.
+fn temp_name(name: &str) -> String {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    // Randomly keyed per process, so two processes with the same pid and clock differ.
+    let nonce = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    let n = SAVES.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}.callgate-{}-{nonce:016x}-{n}.tmp", std::process::id())
+}
+
 /// Saves `table` atomically: a temporary file in the same directory, fsync, rename over the
-/// routes file, fsync of the directory. The JSON is streamed to the file, not built in memory.
-/// On error the temporary file is removed and the routes file is as it was.
-fn save(path: &Path, table: &RouteTable) -> std::io::Result<Fingerprint> {
+/// routes file, fsync of the directory (`sync_dir`). The JSON is streamed to the file, not
+/// built in memory. A routes file without write permission (0444: file-managed by intent) is
+/// not replaced, even by root. On an error before the rename, our temporary file (and no
+/// other) is removed and the routes file is as it was; after it, the save is reported done.
+fn save(
+    path: &Path,
+    table: &RouteTable,
+    sync_dir: fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<Saved> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.callgate-{}.tmp", std::process::id()));
+    let temp = dir.join(temp_name(&name));
+    let metadata = std::fs::metadata(path);
+    if let Ok(m) = &metadata {
+        if m.permissions().readonly() {
+            let e = "the routes file has no write permission (its mode says it is not to be changed here)";
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
+        }
+    }
     // The file may hold gate URLs with tokens: the copy keeps the original's permissions (0600
     // for a new file), never the umask's.
-    let mode =
-        std::fs::metadata(path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+    let mode = metadata.map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+    let mut created = false;
     let written = (|| {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode.unwrap_or(0o600))
             .open(&temp)?;
+        created = true;
         let mut out = Fingerprinting {
             inner: std::io::BufWriter::with_capacity(1 << 20, file),
             hasher: Default::default(),
@@ -393,19 +441,64 @@ fn save(path: &Path, table: &RouteTable) -> std::io::Result<Fingerprint> {
         let file = out.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()?;
         Ok(content)
     })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(content) => Ok(Saved { content, unsynced: sync_dir(dir).err() }),
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_file(&temp);
+            }
+            Err(e)
+        }
     }
-    written
 }
 
-/// A file that cannot be written by design (read-only mount, immutable file, no permission)
+/// A file that cannot be written by design (read-only mount, immutable file, no write permission)
 /// rather than by accident (full disk).
 fn is_read_only(e: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(e.kind(), ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem)
         || e.raw_os_error() == Some(1) // EPERM: chattr +i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        RouteTable::parse(
+            br#"{"numbers": {"+447700900123": {"agent_id": "a"}}}"#,
+            &ValidateOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn broken_sync(_: &Path) -> std::io::Result<()> {
+        Err(std::io::Error::other("EIO from the directory"))
+    }
+
+    /// Issue 18 item 11: a directory fsync that fails after the rename was reported as
+    /// "nothing changed" while the file had changed; it is a save done, with a doubt.
+    #[test]
+    fn a_failed_directory_sync_after_the_rename_is_a_save_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.json");
+        std::fs::write(&path, "{}").unwrap();
+        let saved = save(&path, &table(), broken_sync).expect("the save happened");
+        assert!(saved.unsynced.is_some());
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(fingerprint(&on_disk), saved.content);
+        assert_eq!(RouteTable::parse(&on_disk, &ValidateOptions::default()).unwrap(), table());
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["routes.json"], "no temporary file left");
+        assert!(save(&path, &table(), sync_dir).unwrap().unsynced.is_none());
+    }
+
+    #[test]
+    fn temporary_names_differ_between_saves() {
+        let names: std::collections::HashSet<_> = (0..100).map(|_| temp_name("routes.json")).collect();
+        assert_eq!(names.len(), 100);
+        assert!(names.iter().all(|n| n.starts_with(".routes.json.callgate-") && n.ends_with(".tmp")));
+    }
 }

@@ -98,3 +98,44 @@ async fn dot_segment_and_parameter_spellings_of_signed_paths_are_signature_check
     }
     assert_eq!((gate.count(), engine.count()), (0, 0));
 }
+
+// Item 7: the signature of a GET covers its URL only; a body on it is never forwarded.
+
+fn signed_get(path_and_query: &str, extra: &str, body: &str) -> Vec<u8> {
+    let url = format!("http://cg.example{path_and_query}");
+    let signature = callgate::webhook::signature::sign_with_token(TOKEN, &url, &[]);
+    format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: cg.example\r\nX-Twilio-Signature: {signature}\r\n\
+         Connection: close\r\n{extra}\r\n{body}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_signed_get_with_a_body_is_refused_and_reaches_nobody() {
+    let (cg, gate, engine) = rejecting(enforce).await;
+    let query = "/twilio/status?CallSid=CA1&CallStatus=completed";
+    // The same signed URL without a body passes: the signature is good.
+    let answer = exchange(cg.addr, &signed_get(query, "", "")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(engine.count(), 1);
+
+    let smuggled = "Digits=1234&SpeechResult=transfer";
+    let length =
+        format!("Content-Length: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n", smuggled.len());
+    let chunked = format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len());
+    for (path, extra, body) in [
+        (query, length.as_str(), smuggled.to_owned()),
+        (query, "Transfer-Encoding: chunked\r\n", chunked.clone()),
+        ("/twilio/voice?CallSid=CA1&CallStatus=in-progress", length.as_str(), smuggled.to_owned()),
+    ] {
+        let answer = exchange(cg.addr, &signed_get(path, extra, &body)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path} {extra}: {answer}");
+    }
+    let head = signed_get(query, &length, smuggled);
+    let head = String::from_utf8(head).unwrap().replacen("GET", "HEAD", 1);
+    let answer = exchange(cg.addr, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "HEAD: {answer}");
+    assert_eq!(engine.count(), 1, "no body on a GET or HEAD reached the engine");
+    assert_eq!(gate.count(), 0);
+}

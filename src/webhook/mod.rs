@@ -110,6 +110,10 @@ fn parse_params<'b>(
     body: &'b [u8],
 ) -> Result<(Params<'b>, Carrier), RequestError> {
     if parts.method == Method::GET || parts.method == Method::HEAD {
+        // Nothing signs a GET's body: it could only be a forgery riding on a signed URL.
+        if !body.is_empty() {
+            return Err(RequestError::BodyOnGet);
+        }
         Ok((parse_form(uri.query().unwrap_or("").as_bytes())?, Carrier::Query))
     } else if body::is_json(&parts.headers) {
         Ok((Vec::new(), Carrier::Json))

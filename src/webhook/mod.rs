@@ -138,7 +138,10 @@ fn verify_signature(
     let Err(e) = verifier.verify(&url, body, signature, settings) else { return Ok(()) };
     app.metrics.record_signature_failure();
     let enforce = app.settings.twilio_signature == SignatureMode::Enforce;
+    static REFUSALS: crate::logging::Throttle = crate::logging::Throttle::new(20);
+    let Some(left_out) = REFUSALS.admit() else { return if enforce { Err(e.into()) } else { Ok(()) } };
     tracing::warn!(
+        left_out,
         path = parts.uri.path(),
         reason = e.as_str(),
         peer = %peer.addr.ip(),

@@ -49,12 +49,16 @@ pub enum PathKind {
     Other,
 }
 
-/// A path in the form used to compare it with the configured ones: percent-escapes of
-/// unreserved characters decoded, ASCII lower case, repeated slashes collapsed, no trailing
-/// slash. Borrowed when the path is already in that form (the usual case).
+/// A path in the form used to compare it with the configured ones: percent-escapes decoded,
+/// ASCII lower case, `;` parameters cut from every segment, dot-segments removed (RFC 3986
+/// §5.2.4: `.` dropped, `..` drops the segment before it, never above the root), repeated
+/// slashes collapsed, no trailing slash. Borrowed when the path is already in that form (the
+/// usual case).
 pub fn canonical_path(path: &str) -> Cow<'_, str> {
     let needs_work = path.contains('%')
         || path.contains("//")
+        || path.contains(';')
+        || path.contains("/.")
         || (path.len() > 1 && path.ends_with('/'))
         || path.bytes().any(|b| b.is_ascii_uppercase());
     if !needs_work {
@@ -62,8 +66,20 @@ pub fn canonical_path(path: &str) -> Cow<'_, str> {
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
     let decoded = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        // `/twilio/voice;x=1` is routed as `/twilio/voice` by servlet-style engines.
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
     let mut out = String::with_capacity(decoded.len());
-    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+    for segment in segments {
         out.push('/');
         out.push_str(segment);
     }
@@ -218,11 +234,22 @@ mod tests {
             "//twilio//voice",
             "/twilio/%76oice",
             "/TWILIO/voice//",
+            "/twilio/./voice",
+            "/twilio/a/../voice",
+            "/../twilio/voice",
+            "/twilio/voice;x=1",
+            "/twilio;a=b/voice;",
+            "/twilio/%2e/voice/.",
+            "/twilio/voice/a/%2E%2E",
+            "/twilio/voice/a/..;x/",
         ] {
             assert_eq!(canonical_path(path), "/twilio/voice", "{path}");
         }
         assert!(matches!(canonical_path("/twilio/voice"), std::borrow::Cow::Borrowed(_)));
         assert_eq!(canonical_path("/"), "/");
         assert_ne!(canonical_path("/twilio/voices"), "/twilio/voice");
+        assert_ne!(canonical_path("/twilio/voice/.."), "/twilio/voice");
+        assert_eq!(canonical_path("/.."), "/");
+        assert!(matches!(canonical_path("/twilio/v.oice"), std::borrow::Cow::Borrowed(_)));
     }
 }

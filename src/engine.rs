@@ -51,6 +51,21 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const X_TWILIO_SIGNATURE: HeaderName = HeaderName::from_static("x-twilio-signature");
+const X_TWILIO_SIGNATURE_SETTINGS: HeaderName =
+    HeaderName::from_static("x-twilio-webhooks-signature-settings");
+
+/// End-to-end headers a `Connection` header may not nominate for removal: what the request is
+/// about, who signed it and where it was sent. Stripping them would let a client have the engine
+/// see a request other than the one callgate checked.
+const NEVER_HOP_BY_HOP: [HeaderName; 6] = [
+    header::HOST,
+    header::CONTENT_TYPE,
+    X_TWILIO_SIGNATURE,
+    X_TWILIO_SIGNATURE_SETTINGS,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+];
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The engine could not give an answer.
@@ -187,7 +202,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1) and `Transfer-Encoding`; with `keep_upgrade`,
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1; those `Connection` names, less
+/// [`NEVER_HOP_BY_HOP`]) and `Transfer-Encoding`; with `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive for the engine to answer the handshake.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let listed: Vec<HeaderName> = headers
@@ -197,6 +213,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::try_from(t.trim()).ok())
         .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .filter(|n| !NEVER_HOP_BY_HOP.contains(n))
         .collect();
     for name in listed {
         headers.remove(name);

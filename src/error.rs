@@ -20,11 +20,14 @@ pub enum RequestError {
     BodyRead(#[source] hyper::Error),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    #[error("a GET or HEAD webhook carries no body: its signature covers the URL alone")]
+    BodyOnGet,
     #[error("malformed form body")]
     Form(#[from] FormError),
     #[error("inbound ringing call without To")]
     MissingTo,
-    #[error("X-Twilio-Signature did not validate: {0}")]
+    // The reason is logged, never answered: it would tell a prober which SharedKey ids exist.
+    #[error("X-Twilio-Signature did not validate")]
     Signature(#[from] SignatureError),
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -37,6 +40,7 @@ impl RequestError {
             RequestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::BodyRead(_) => StatusCode::BAD_REQUEST,
             RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            RequestError::BodyOnGet => StatusCode::BAD_REQUEST,
             RequestError::Form(_) => StatusCode::BAD_REQUEST,
             RequestError::MissingTo => StatusCode::BAD_REQUEST,
             RequestError::Signature(_) => StatusCode::FORBIDDEN,

@@ -22,6 +22,7 @@ use crate::admin;
 use crate::app::{App, PathKind};
 use crate::conn::{Activity, Tracked, Verdict};
 use crate::engine::Peer;
+use crate::error::text_response;
 use crate::metrics::Route;
 use crate::webhook;
 use crate::wire::ResBody;
@@ -306,6 +307,9 @@ async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
 
 /// One request on the public listener: voice paths to the webhook, the rest to the engine.
 async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
+    if let Some(refusal) = refuse_framing(&request) {
+        return refusal;
+    }
     let started = Instant::now();
     // An HTTP/2 request names its host in `:authority`; the signed URL and the engine (which
     // speaks HTTP/1.1) both read `Host`.
@@ -325,4 +329,25 @@ async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer
     app.metrics.record_request(route, elapsed);
     app.metrics.record_overhead(elapsed.saturating_sub(served.waited));
     served.response
+}
+
+/// Framing hyper lets through that an intermediary must not pass on: an HTTP/1.1 request
+/// without exactly one `Host` (RFC 9112 §3.2), and a `Transfer-Encoding` other than `chunked`
+/// alone (a coding the engine would not be told about, or a list two parsers may read two ways).
+/// The body is left unread, so the connection is closed after the answer.
+fn refuse_framing<B>(request: &Request<B>) -> Option<Response<ResBody>> {
+    let headers = request.headers();
+    if request.version() == http::Version::HTTP_11 && headers.get_all(http::header::HOST).iter().count() != 1
+    {
+        let text = "an HTTP/1.1 request carries exactly one Host header\n";
+        return Some(text_response(http::StatusCode::BAD_REQUEST, text.into(), true));
+    }
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        if codings.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            let text = "only Transfer-Encoding: chunked is supported\n";
+            return Some(text_response(http::StatusCode::NOT_IMPLEMENTED, text.into(), true));
+        }
+    }
+    None
 }

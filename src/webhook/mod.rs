@@ -147,6 +147,10 @@ fn parse_params<'b>(
     body: &'b [u8],
 ) -> Result<(Params<'b>, Carrier), RequestError> {
     if parts.method == Method::GET || parts.method == Method::HEAD {
+        // Nothing signs a GET's body: it could only be a forgery riding on a signed URL.
+        if !body.is_empty() {
+            return Err(RequestError::BodyOnGet);
+        }
         Ok((parse_form(uri.query().unwrap_or("").as_bytes())?, Carrier::Query))
     } else if body::is_json(&parts.headers) {
         Ok((Vec::new(), Carrier::Json))
@@ -171,7 +175,10 @@ fn verify_signature(
     let Err(e) = verifier.verify(&url, body, signature, settings) else { return Ok(()) };
     app.metrics.record_signature_failure();
     let enforce = app.settings.twilio_signature == SignatureMode::Enforce;
+    static REFUSALS: crate::logging::Throttle = crate::logging::Throttle::new(20);
+    let Some(left_out) = REFUSALS.admit() else { return if enforce { Err(e.into()) } else { Ok(()) } };
     tracing::warn!(
+        left_out,
         path = parts.uri.path(),
         reason = e.as_str(),
         peer = %peer.addr.ip(),

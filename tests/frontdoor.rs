@@ -1,0 +1,285 @@
+//! The front door under attack (issue 18): path spellings, bodies on signed GETs, framing
+//! tricks, upgrades and HTTP/2 on the public listener, and faults blamed on the right side.
+//! Everything over real loopback sockets, most of it as raw bytes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use callgate::settings::{Secret, SignatureMode};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TO: &str = "+447700900123";
+const TOKEN: &str = "12345678901234567890123456789012";
+
+/// Reads until the server closes the connection or `within` passes; returns what it sent and
+/// whether it closed.
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+        }
+    }
+}
+
+/// Sends `raw` on a new connection and returns everything answered until the server closes
+/// it (or 5 s pass).
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    until_closed(&mut stream, Duration::from_secs(5)).await.0
+}
+
+/// A form POST to `path` as raw bytes, with `Connection: close`.
+fn form_post(path: &str, form: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: cg.example\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n{extra}\r\n{form}",
+        form.len()
+    )
+    .into_bytes()
+}
+
+/// callgate in front of a recording engine, with a gate that rejects every call to `TO`.
+async fn rejecting(tweak: impl FnOnce(&mut callgate::settings::Settings)) -> (Callgate, Stub, Stub) {
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let gate = Stub::start(Reply::json(r#"{"action":"reject"}"#)).await;
+    let cg = Callgate::spawn_with(&number_gate(TO, &gate.url("/g")), &engine.url(""), tweak).await;
+    (cg, gate, engine)
+}
+
+fn enforce(s: &mut callgate::settings::Settings) {
+    s.twilio_auth_tokens = vec![Secret::new(TOKEN)];
+    s.twilio_signature = SignatureMode::Enforce;
+    s.signed_paths = vec!["/twilio/status".into()];
+}
+
+// Item 6: a voice or signed path spelled with dot-segments or `;` parameters is that path.
+
+#[tokio::test]
+async fn dot_segment_and_parameter_spellings_of_the_voice_path_are_gated() {
+    let (cg, gate, engine) = rejecting(|_| {}).await;
+    for path in [
+        "/twilio/./voice",
+        "/twilio/a/../voice",
+        "/twilio/voice;x=1",
+        "/twilio;p/voice",
+        "/x/../twilio/%2e/voice/.",
+        "/twilio/voice/a/..",
+    ] {
+        let answer = exchange(cg.addr, &form_post(path, &ringing(TO), "")).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(answer.contains("<Reject reason=\"busy\"/>"), "{path} not gated: {answer}");
+    }
+    assert_eq!(gate.count(), 6);
+    assert_eq!(engine.count(), 0, "a rejected call never reaches the engine");
+}
+
+#[tokio::test]
+async fn dot_segment_and_parameter_spellings_of_signed_paths_are_signature_checked() {
+    let (cg, gate, engine) = rejecting(enforce).await;
+    for path in [
+        "/twilio/./voice",
+        "/twilio/a/../voice",
+        "/twilio/voice;x=1",
+        "/twilio/status;x",
+        "/a/../twilio/status",
+    ] {
+        let answer =
+            exchange(cg.addr, &form_post(path, &ringing(TO), "X-Twilio-Signature: forged\r\n")).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+    }
+    assert_eq!((gate.count(), engine.count()), (0, 0));
+}
+
+// Item 7: the signature of a GET covers its URL only; a body on it is never forwarded.
+
+fn signed_get(path_and_query: &str, extra: &str, body: &str) -> Vec<u8> {
+    let url = format!("http://cg.example{path_and_query}");
+    let signature = callgate::webhook::signature::sign_with_token(TOKEN, &url, &[]);
+    format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: cg.example\r\nX-Twilio-Signature: {signature}\r\n\
+         Connection: close\r\n{extra}\r\n{body}"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_signed_get_with_a_body_is_refused_and_reaches_nobody() {
+    let (cg, gate, engine) = rejecting(enforce).await;
+    let query = "/twilio/status?CallSid=CA1&CallStatus=completed";
+    // The same signed URL without a body passes: the signature is good.
+    let answer = exchange(cg.addr, &signed_get(query, "", "")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(engine.count(), 1);
+
+    let smuggled = "Digits=1234&SpeechResult=transfer";
+    let length =
+        format!("Content-Length: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n", smuggled.len());
+    let chunked = format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len());
+    for (path, extra, body) in [
+        (query, length.as_str(), smuggled.to_owned()),
+        (query, "Transfer-Encoding: chunked\r\n", chunked.clone()),
+        ("/twilio/voice?CallSid=CA1&CallStatus=in-progress", length.as_str(), smuggled.to_owned()),
+    ] {
+        let answer = exchange(cg.addr, &signed_get(path, extra, &body)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path} {extra}: {answer}");
+    }
+    let head = signed_get(query, &length, smuggled);
+    let head = String::from_utf8(head).unwrap().replacen("GET", "HEAD", 1);
+    let answer = exchange(cg.addr, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "HEAD: {answer}");
+    assert_eq!(engine.count(), 1, "no body on a GET or HEAD reached the engine");
+    assert_eq!(gate.count(), 0);
+}
+
+// Item 12: framing.
+
+#[tokio::test]
+async fn an_http11_request_with_two_hosts_or_none_is_refused() {
+    let (cg, _gate, engine) = rejecting(|_| {}).await;
+    for head in [
+        "GET /twilio/status HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        "GET /twilio/status HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+        "GET /twilio/status HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(cg.addr, head.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head:?}: {answer}");
+    }
+    let form = ringing(TO);
+    let two_hosts = form_post("/twilio/voice", &form, "Host: evil.example\r\n");
+    let answer = exchange(cg.addr, &two_hosts).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(engine.count(), 0);
+    // HTTP/1.0 has no Host requirement; one Host on HTTP/1.1 is the ordinary case.
+    let answer = exchange(cg.addr, b"GET /twilio/status HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let answer =
+        exchange(cg.addr, b"GET /twilio/status HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(engine.count(), 2);
+}
+
+#[tokio::test]
+async fn a_transfer_encoding_other_than_chunked_alone_is_refused() {
+    let (cg, _gate, engine) = rejecting(|_| {}).await;
+    let body = "5\r\nhello\r\n0\r\n\r\n";
+    for (path, te) in [
+        ("/twilio/status", "Transfer-Encoding: gzip, chunked\r\n"),
+        ("/twilio/status", "Transfer-Encoding: chunked, chunked\r\n"),
+        ("/twilio/status", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"),
+        ("/twilio/status", "Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n"),
+        ("/twilio/status", "Transfer-Encoding: gzip\r\n"),
+        ("/twilio/voice", "Transfer-Encoding: deflate,chunked\r\n"),
+    ] {
+        let raw = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{te}\r\n{body}");
+        let answer = exchange(cg.addr, raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 501"), "{te:?}: {answer}");
+    }
+    assert_eq!(engine.count(), 0);
+    let raw = format!("POST /twilio/status HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}");
+    let answer = exchange(cg.addr, raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(engine.seen()[0].body, "hello");
+}
+
+#[tokio::test]
+async fn connection_cannot_remove_host_content_type_or_the_signature() {
+    let (cg, _gate, engine) = rejecting(|_| {}).await;
+    let form = "CallSid=CA1&CallStatus=completed";
+    let nominate = "Connection: host, content-type, x-twilio-signature, \
+                    x-twilio-webhooks-signature-settings, x-forwarded-host, x-forwarded-proto, x-hop\r\n\
+                    X-Twilio-Signature: sig\r\nX-Twilio-Webhooks-Signature-Settings: key=k\r\n\
+                    X-Forwarded-Host: public.example\r\nX-Forwarded-Proto: https\r\nX-Hop: gone\r\n";
+    for path in ["/twilio/voice", "/elsewhere"] {
+        let answer = exchange(cg.addr, &form_post(path, form, nominate)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+    }
+    let seen = engine.seen();
+    assert_eq!(seen.len(), 2);
+    for request in seen {
+        let h = &request.headers;
+        assert_eq!(h["host"], "cg.example", "{}", request.uri);
+        assert_eq!(h["content-type"], "application/x-www-form-urlencoded");
+        assert_eq!(h["x-twilio-signature"], "sig");
+        assert_eq!(h["x-twilio-webhooks-signature-settings"], "key=k");
+        assert_eq!(h["x-forwarded-host"], "public.example");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(!h.contains_key("x-hop"), "other nominated headers still go");
+        assert_eq!(request.body, form);
+    }
+}
+
+#[tokio::test]
+async fn the_403_does_not_say_which_shared_key_ids_exist() {
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let cg = Callgate::spawn_with("{}", &engine.url(""), |s| {
+        s.twilio_shared_keys = vec![callgate::settings::SharedKey {
+            id: "webhooks_sharedkey_A".into(),
+            secret: Secret::new("secret-a"),
+        }];
+        s.twilio_signature = SignatureMode::Enforce;
+    })
+    .await;
+    let form = ringing(TO);
+    let mut bodies = Vec::new();
+    for settings in [
+        "key=webhooks_sharedkey_A,algorithm=HMAC_SHA256",
+        "key=webhooks_sharedkey_Z,algorithm=HMAC_SHA256",
+        "key=webhooks_sharedkey_A,algorithm=HMAC_SHA512",
+    ] {
+        let extra =
+            format!("X-Twilio-Signature: bm9wZQ==\r\nX-Twilio-Webhooks-Signature-Settings: {settings}\r\n");
+        let answer = exchange(cg.addr, &form_post("/twilio/voice", &form, &extra)).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap().to_owned();
+        assert!(!body.contains("key"), "{body}");
+        bodies.push(body);
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+    // A missing signature answers the same too.
+    let answer = exchange(cg.addr, &form_post("/twilio/voice", &form, "")).await;
+    assert_eq!(answer.split("\r\n\r\n").nth(1).unwrap(), bodies[0]);
+    assert_eq!(engine.count(), 0);
+}
+
+#[tokio::test]
+async fn refused_signature_lines_are_rate_limited_with_a_count_of_those_left_out() {
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let cg = Binary::spawn("{}", &engine.url(""), &["--twilio-auth-token", TOKEN]);
+    let flood = 300;
+    let client = client();
+    let started = Instant::now();
+    for _ in 0..flood {
+        let request = http::Request::post(cg.url("/twilio/voice"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", "forged")
+            .body(http_body_util::Full::new(bytes::Bytes::from(ringing(TO))))
+            .unwrap();
+        assert_eq!(send_with(&client, request).await.unwrap().status, 403);
+    }
+    let spent = started.elapsed();
+    let message = "X-Twilio-Signature did not validate";
+    let lines = cg.logs_with(message, 1);
+    let allowed = 20 * (spent.as_secs() as usize + 2);
+    assert!(lines.len() <= allowed, "{} lines for {flood} refusals in {spent:?}", lines.len());
+    // The next window's first line reports how many were left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let request = http::Request::post(cg.url("/twilio/voice"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::Full::new(bytes::Bytes::from(ringing(TO))))
+        .unwrap();
+    assert_eq!(send_with(&client, request).await.unwrap().status, 403);
+    let lines = cg.logs_with(message, lines.len() + 1);
+    let left_out: u64 = lines.iter().filter_map(|l| l["left_out"].as_u64()).sum();
+    assert_eq!(lines.len() as u64 + left_out, flood as u64 + 1, "every refusal logged or counted");
+    assert_eq!(engine.count(), 0);
+}

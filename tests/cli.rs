@@ -160,12 +160,12 @@ fn start_up_refuses_bad_flags_with_one_line_and_status_2() {
     }
 }
 
-/// One curl line of the demo, as a request: URL and form pairs.
 /// Issue 18 item 10: clap's own message quotes a bad value, and the value of a secret flag is
 /// the secret (or a mistyped one, which is nearly the secret). Nothing of it reaches stderr.
 #[test]
 fn a_bad_secret_value_is_refused_without_being_echoed() {
-    let cases: [(&[&str], Option<(&str, &str)>); 7] = [
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+    let cases: [Case; 7] = [
         (&["--api-key", "S3CRETX"], None),
         (&["--twilio-shared-key", "S3CRETX"], None),
         (&["--twilio-shared-key=S3CRETX"], None),
@@ -197,6 +197,7 @@ fn a_bad_secret_value_is_refused_without_being_echoed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("'soon'"));
 }
 
+/// One curl line of the demo, as a request: URL and form pairs.
 fn parse_curl(line: &str) -> (String, String) {
     let mut words = line.split_whitespace().skip(1);
     let mut url = String::new();

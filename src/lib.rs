@@ -23,6 +23,7 @@
 //! - [`metrics`]: every metric name, its help text and typed recorders.
 //! - [`error`]: request errors and the one match that turns them into responses.
 //! - [`demo`]: `callgate demo`, a demo engine and demo gates around the real server.
+//! - [`probe`]: `callgate probe`, which grades a gate before it carries calls.
 
 pub mod admin;
 pub mod app;
@@ -34,6 +35,7 @@ pub mod error;
 pub mod gate;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod routes;
 pub mod server;
 pub mod settings;

@@ -431,3 +431,70 @@ async fn an_untrusted_certificate_fails() {
         run.stdout
     );
 }
+
+#[tokio::test]
+async fn an_expired_certificate_fails() {
+    let ca = Ca::new();
+    let (cert, key) = ca.leaf(-2);
+    let gate = tls_gate(&cert, &key).await;
+    let ca_file = ca.file();
+    let url = format!("https://localhost:{}/precall", gate.port());
+    let run = failing(&url, &["--ca-file", ca_file.path().to_str().unwrap()], "connect").await;
+    assert!(run.reasons().contains(&"fail: the certificate has expired"), "{}", run.stdout);
+    let json = probe(&url, &["--ca-file", ca_file.path().to_str().unwrap(), "--json"]).await.json();
+    assert!(matches!(json["cert_days_left"].as_i64(), Some(-3..=-2)), "{json}");
+}
+
+/// A pseudo-terminal: (the side a terminal reads, the side given to the child as its stderr).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // SAFETY: plain libc calls on a descriptor this function owns; ptsname_r writes at most
+    // `name.len()` bytes.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let path = std::ffi::CStr::from_ptr(name.as_ptr()).to_str().unwrap().to_owned();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(path)
+            .unwrap();
+        (std::fs::File::from_raw_fd(master), slave)
+    }
+}
+
+#[tokio::test]
+async fn progress_is_drawn_on_a_terminal_for_a_run_over_a_second() {
+    let gate = Stub::start(Reply::json(r#"{"action":"accept"}"#).delay(Duration::from_millis(250))).await;
+    let (terminal, stderr) = pty();
+    let mut command = std::process::Command::new(BIN);
+    command.args(["probe", &gate.url("/precall?token=S3CRET"), "--n", "6"]).env_clear().stderr(stderr);
+    let drawn = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut drawn = Vec::new();
+        // Ends with EIO once the child has exited and the terminal's other side is closed.
+        let _ = (&terminal).read_to_end(&mut drawn);
+        String::from_utf8_lossy(&drawn).into_owned()
+    });
+    let out = tokio::task::spawn_blocking(move || {
+        let out = command.output().unwrap();
+        drop(command); // closes this process's copy of the terminal's other side
+        out
+    })
+    .await
+    .unwrap();
+    let drawn = drawn.join().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let line = format!("probing {}: ", gate.url("/precall"));
+    assert!(drawn.contains(&line) && drawn.contains("/6 requests"), "{drawn:?}");
+    assert!(drawn.ends_with("\r\x1b[2K"), "the line is cleared at the end: {drawn:?}");
+    assert!(!drawn.contains("S3CRET"), "{drawn:?}");
+    assert!(stdout.starts_with("probe of ") && !stdout.contains("probing"), "{stdout}");
+}

@@ -78,7 +78,7 @@ impl Report {
         }
         match &self.certificate {
             Certificate::Read { days_left, .. } if *days_left < 0 => {
-                fail(format!("the certificate expired {} days ago", -days_left))
+                fail("the certificate has expired".into())
             }
             Certificate::Read { verified: Err(e), .. } => {
                 fail(format!("the certificate does not verify: {e}"))
@@ -97,7 +97,7 @@ impl Report {
         }
         match self.certificate {
             Certificate::Read { days_left, verified: Ok(()) } if (0..CERT_WARN_DAYS).contains(&days_left) => {
-                warn(format!("the certificate expires in {days_left} days"))
+                warn(format!("the certificate expires in {}", days(days_left)))
             }
             Certificate::NotHttps => warn(
                 "http:// gate: the call's numbers cross the network unencrypted, and callgate takes \
@@ -203,9 +203,11 @@ impl Report {
         };
         let certificate = match &self.certificate {
             Certificate::NotHttps => "none (http://)".to_owned(),
-            Certificate::Read { days_left, verified: Ok(()) } => format!("verifies, {days_left} days left"),
+            Certificate::Read { days_left, verified: Ok(()) } => {
+                format!("verifies, {} left", days(*days_left))
+            }
             Certificate::Read { days_left, verified: Err(e) } => {
-                format!("does not verify ({e}), {days_left} days left")
+                format!("does not verify ({e}), {} left", days(*days_left))
             }
             Certificate::Unreadable(e) => format!("not read ({e})"),
         };
@@ -232,6 +234,14 @@ impl Report {
             let _ = writeln!(out, "  {reason}");
         }
         out
+    }
+}
+
+fn days(n: i64) -> String {
+    if n == 1 {
+        "1 day".into()
+    } else {
+        format!("{n} days")
     }
 }
 
@@ -303,7 +313,11 @@ mod tests {
             Certificate::Read { days_left: -2, verified: Err("x".into()) },
         );
         assert_eq!(expired.verdict, Verdict::Fail);
-        assert!(expired.reasons[0].text.contains("expired 2 days ago"), "{:?}", expired.reasons);
+        assert_eq!(
+            expired.reasons[0].to_string(),
+            "fail: the certificate has expired",
+            "not also \"does not verify\""
+        );
         let untrusted = report(
             &[Answer::Accept],
             1,

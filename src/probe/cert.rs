@@ -55,10 +55,7 @@ pub(super) async fn inspect(gate: &Gate, roots: rustls::RootCertStore, timeout: 
     let outcome = tokio::time::timeout(timeout, handshake).await;
     let seen = inspect.seen.lock().expect("never poisoned").take();
     match (seen, outcome) {
-        (Some((der, verified)), _) => match days_left(&der) {
-            Some(days_left) => Certificate::Read { days_left, verified },
-            None => Certificate::Unreadable("the certificate is not valid X.509".into()),
-        },
+        (Some(certificate), _) => certificate,
         (None, Err(_)) => Certificate::Unreadable(format!("no TLS handshake within {}", human(timeout))),
         (None, Ok(Err(e))) => Certificate::Unreadable(e.to_string()),
         (None, Ok(Ok(_))) => Certificate::Unreadable("the server showed no certificate".into()),
@@ -72,13 +69,13 @@ fn days_left(der: &[u8]) -> Option<i64> {
     Some((cert.validity().not_after.timestamp() - now).div_euclid(86_400))
 }
 
-/// A verifier that keeps the end-entity certificate and the real verifier's verdict on it,
-/// and lets the handshake go on either way. Only for reading the certificate: nothing is sent
-/// over such a connection.
+/// A verifier that reads the end-entity certificate, keeps it with the real verifier's verdict
+/// on it, and lets the handshake go on either way. Only for reading the certificate: nothing is
+/// sent over such a connection.
 #[derive(Debug)]
 struct Inspect {
     inner: Arc<WebPkiServerVerifier>,
-    seen: Mutex<Option<(Vec<u8>, Result<(), String>)>>,
+    seen: Mutex<Option<Certificate>>,
 }
 
 impl ServerCertVerifier for Inspect {
@@ -95,7 +92,11 @@ impl ServerCertVerifier for Inspect {
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
             .map(|_| ())
             .map_err(|e| e.to_string());
-        *self.seen.lock().expect("never poisoned") = Some((end_entity.to_vec(), verified));
+        let certificate = match days_left(end_entity) {
+            Some(days_left) => Certificate::Read { days_left, verified },
+            None => Certificate::Unreadable("the certificate is not valid X.509".into()),
+        };
+        *self.seen.lock().expect("never poisoned") = Some(certificate);
         Ok(ServerCertVerified::assertion())
     }
 

@@ -495,3 +495,37 @@ async fn progress_is_drawn_on_a_terminal_for_a_run_over_a_second() {
     assert!(!drawn.contains("S3CRET"), "{drawn:?}");
     assert!(stdout.starts_with("probe of ") && !stdout.contains("probing"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_cause_is_the_one_callgate_logs_for_the_same_gate() {
+    let target = Stub::start(Reply::json(r#"{"action":"accept"}"#)).await;
+    let padding = "x".repeat(70 * 1024);
+    let gates = [
+        Stub::start(Reply::json(r#"{"action":"REJECT"}"#)).await,
+        Stub::start(Reply::json(r#"{"action":"accept"}"#).status(201)).await,
+        Stub::start(Reply::json("").status(302).header("location", &target.url("/precall"))).await,
+        Stub::start(Reply::json(&format!(r#"{{"action":"accept","pad":"{padding}"}}"#))).await,
+        Stub::start(Reply::json(r#"{"action":"accept"}"#).delay(Duration::from_secs(2))).await,
+    ];
+    let dead = dead_addr().await;
+    let urls: Vec<String> =
+        gates.iter().map(|g| g.url("/precall")).chain([format!("http://{dead}/precall")]).collect();
+    let number = |i: usize| format!("+1500555010{i}");
+    let numbers: serde_json::Map<_, _> =
+        (0..urls.len()).map(|i| (number(i), serde_json::json!({ "gate": { "url": urls[i] } }))).collect();
+    let routes = serde_json::json!({ "numbers": numbers }).to_string();
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let callgate = Binary::spawn(&routes, &engine.url(""), &["--gate-timeout", "300ms"]);
+    for i in 0..urls.len() {
+        post_form(&callgate.url("/twilio/voice"), &ringing(&number(i))).await;
+    }
+    let lines = callgate.logs_with("call decided", urls.len());
+    for (i, url) in urls.iter().enumerate() {
+        let logged = lines.iter().find(|l| l["to"] == number(i)).unwrap_or_else(|| panic!("{lines:?}"));
+        assert_eq!(logged["decision"], "fail_open");
+        let json = probe(url, &["--n", "1", "--timeout", "300ms", "--json"]).await.json();
+        let causes = json["answers"]["fail_open"].as_object().unwrap();
+        let probed: Vec<&String> = causes.iter().filter(|(_, n)| *n != 0).map(|(cause, _)| cause).collect();
+        assert_eq!(probed, [logged["cause"].as_str().unwrap()], "{url}: {json}");
+    }
+}

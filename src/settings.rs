@@ -34,7 +34,7 @@ pub struct ProbeArgs {
     /// The gate URL (https://, or http:// with a warning).
     pub url: String,
     /// Sign requests as --gate-signing-secret does, and check that the gate refuses unsigned ones.
-    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", value_parser = parse_secret)]
+    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub secret: Option<Secret>,
     /// Header carrying the signature.
     #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]

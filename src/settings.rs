@@ -152,10 +152,10 @@ pub struct ServeArgs {
     #[arg(long = "signed-path", env = "CALLGATE_SIGNED_PATHS", value_delimiter = ',')]
     pub signed_paths: Vec<String>,
     /// Twilio auth tokens that may have signed a request (several while rotating).
-    #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", value_delimiter = ',', value_parser = parse_secret)]
+    #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", hide_env_values = true, value_delimiter = ',', value_parser = parse_secret)]
     pub twilio_auth_tokens: Vec<Secret>,
     /// Twilio SharedKey secrets, ID=SECRET.
-    #[arg(long = "twilio-shared-key", env = "CALLGATE_TWILIO_SHARED_KEYS", value_delimiter = ',', value_parser = parse_shared_key)]
+    #[arg(long = "twilio-shared-key", env = "CALLGATE_TWILIO_SHARED_KEYS", hide_env_values = true, value_delimiter = ',', value_parser = parse_shared_key)]
     pub twilio_shared_keys: Vec<SharedKey>,
     /// enforce, report (count and log, let through) or off; default enforce with a token or key.
     #[arg(long, env = "CALLGATE_TWILIO_SIGNATURE", value_enum)]
@@ -164,7 +164,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Sign every gate POST with this secret.
-    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", value_parser = parse_secret)]
+    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub gate_signing_secret: Option<Secret>,
     /// Header carrying the gate request signature.
     #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]
@@ -179,7 +179,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Keys for the admin API, ID:SECRET; with none, the admin API answers 401.
-    #[arg(long = "api-key", env = "CALLGATE_API_KEYS", value_delimiter = ',', value_parser = parse_api_key)]
+    #[arg(long = "api-key", env = "CALLGATE_API_KEYS", hide_env_values = true, value_delimiter = ',', value_parser = parse_api_key)]
     pub api_keys: Vec<ApiKey>,
 }
 

@@ -1,6 +1,6 @@
 //! `callgate probe`: grades a gate before it carries calls (SPEC §16). Realistic `call.inbound`
 //! requests go through the very [`GateClient`] that decides calls, so every answer is read as
-//! callgate reads it; [`report`] draws the verdict, [`cert`] reads the gate's certificate.
+//! callgate reads it; `report` draws the verdict, `cert` reads the gate's certificate.
 
 mod cert;
 mod report;

@@ -21,7 +21,8 @@ pub enum Certificate {
     /// Whole days until `notAfter` (negative once expired), and whether it verifies against
     /// the roots callgate trusts (the error otherwise).
     Read { days_left: i64, verified: Result<(), String> },
-    /// No certificate was seen: the handshake failed first.
+    /// No certificate could be read: the handshake failed before one was shown, or it is not
+    /// valid X.509.
     Unreadable(String),
 }
 

@@ -30,6 +30,7 @@
 //! - [`error`]: request errors and the one match that turns them into responses.
 //! - [`wire`]: leaf types every layer shares (the response body, header names).
 //! - [`demo`]: `callgate demo`, a demo engine and demo gates around the real server.
+//! - [`probe`]: `callgate probe`, which grades a gate before it carries calls.
 
 pub mod admin;
 pub mod app;
@@ -42,6 +43,7 @@ pub mod error;
 pub mod gate;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod routes;
 pub mod server;
 pub mod settings;

@@ -25,6 +25,46 @@ pub enum Command {
     Check(CheckArgs),
     /// Serve the real thing on loopback with a demo voice engine and demo gates.
     Demo(DemoArgs),
+    /// Grade a gate before it carries calls: exit 0 for pass or warn, 1 for fail.
+    Probe(ProbeArgs),
+}
+
+/// `callgate probe URL`: see SPEC §16. Flags shared with serving read the same variables.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The gate URL (https://, or http:// with a warning).
+    pub url: String,
+    /// Sign requests as --gate-signing-secret does, and check that the gate refuses unsigned ones.
+    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub secret: Option<Secret>,
+    /// Header carrying the signature.
+    #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]
+    pub header: http::HeaderName,
+    /// Requests whose answers and latencies are graded.
+    #[arg(long, env = "CALLGATE_PROBE_N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub n: u32,
+    /// The gate deadline to grade against.
+    #[arg(long, env = "CALLGATE_GATE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The dialled number sent to the gate.
+    #[arg(long, env = "CALLGATE_PROBE_TO", default_value = "+15005550006", value_parser = parse_e164)]
+    pub to: String,
+    /// The caller's number sent to the gate.
+    #[arg(long, env = "CALLGATE_PROBE_FROM", default_value = "+14155550100", value_parser = parse_e164)]
+    pub from: String,
+    /// Extra roots for the gate's TLS (private CAs), beside the bundled public roots.
+    #[arg(long, env = "CALLGATE_GATE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Print one JSON object instead of the report.
+    #[arg(long, env = "CALLGATE_PROBE_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
+}
+
+fn parse_e164(s: &str) -> Result<String, String> {
+    if !crate::routes::is_e164(s) {
+        return Err("write an E.164 number: + then 2 to 15 digits".into());
+    }
+    Ok(s.to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -114,10 +154,10 @@ pub struct ServeArgs {
     #[arg(long = "signed-path", env = "CALLGATE_SIGNED_PATHS", value_delimiter = ',', value_parser = parse_list_item)]
     pub signed_paths: Vec<String>,
     /// Twilio auth tokens that may have signed a request (several while rotating).
-    #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", value_delimiter = ',', value_parser = parse_secret)]
+    #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", hide_env_values = true, value_delimiter = ',', value_parser = parse_secret)]
     pub twilio_auth_tokens: Vec<Secret>,
     /// Twilio SharedKey secrets, ID=SECRET.
-    #[arg(long = "twilio-shared-key", env = "CALLGATE_TWILIO_SHARED_KEYS", value_delimiter = ',', value_parser = parse_shared_key)]
+    #[arg(long = "twilio-shared-key", env = "CALLGATE_TWILIO_SHARED_KEYS", hide_env_values = true, value_delimiter = ',', value_parser = parse_shared_key)]
     pub twilio_shared_keys: Vec<SharedKey>,
     /// enforce, report (count and log, let through) or off; default enforce with a token or key.
     #[arg(long, env = "CALLGATE_TWILIO_SIGNATURE", value_enum)]
@@ -126,7 +166,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Sign every gate POST with this secret.
-    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", value_parser = parse_secret)]
+    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub gate_signing_secret: Option<Secret>,
     /// Header carrying the gate request signature.
     #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]
@@ -141,7 +181,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Keys for the admin API, ID:SECRET; with none, the admin API answers 401.
-    #[arg(long = "api-key", env = "CALLGATE_API_KEYS", value_delimiter = ',', value_parser = parse_api_key)]
+    #[arg(long = "api-key", env = "CALLGATE_API_KEYS", hide_env_values = true, value_delimiter = ',', value_parser = parse_api_key)]
     pub api_keys: Vec<ApiKey>,
     /// Every gated webhook is answered within it; the engine's timeout is cut to what the gate left.
     #[arg(long, env = "CALLGATE_TWILIO_DEADLINE", default_value = "14s", value_parser = parse_duration)]

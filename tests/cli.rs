@@ -284,3 +284,23 @@ async fn the_demo_answers_every_line_it_prints() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn help_never_shows_a_secret_taken_from_the_environment() {
+    for args in [&["--help"][..], &["probe", "--help"]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("CALLGATE_GATE_SIGNING_SECRET", "s1cret")
+            .env("CALLGATE_TWILIO_AUTH_TOKENS", "t0ken")
+            .env("CALLGATE_TWILIO_SHARED_KEYS", "KS1=sh4red")
+            .env("CALLGATE_API_KEYS", "kid:apis3cret")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("CALLGATE_GATE_SIGNING_SECRET"), "{help}");
+        for secret in ["s1cret", "t0ken", "sh4red", "apis3cret"] {
+            assert!(!help.contains(secret), "{args:?} shows {secret}: {help}");
+        }
+    }
+}

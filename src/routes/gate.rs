@@ -67,9 +67,9 @@ pub struct Gate {
 }
 
 impl Gate {
-    #[cfg(test)]
     /// Validates `url` and `timeout_ms` (see [`GATE_TIMEOUT_MS`]) into a gate; the first problem
-    /// found is the error. [`GateSpec::validate`] reports every problem instead.
+    /// found is the error (`callgate probe` builds its one gate so).
+    /// [`GateSpec::validate`](crate::routes::GateSpec::validate) reports every problem instead.
     pub fn new(
         url: &str,
         timeout_ms: Option<u32>,

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderName;
 
-use crate::gate::{FailureCause, GateClient, GateDecision, GateRequest, Signer};
+use crate::decide::Cause;
+use crate::gate::{GateClient, GateDecision, GateRequest, Signer};
 use crate::routes::{Gate, GateError, OnFailure, ValidateOptions};
 use crate::settings::Secret;
 use crate::tls::{self, TlsError};
@@ -72,14 +73,14 @@ pub enum ProbeError {
 pub enum Answer {
     Accept,
     Reject,
-    FailOpen(FailureCause),
+    FailOpen(Cause),
 }
 
 impl Answer {
     /// callgate's own reading of the gate, as a kind of answer.
     fn of(decision: GateDecision) -> Answer {
         match decision {
-            GateDecision::Accept => Answer::Accept,
+            GateDecision::Accept(_) => Answer::Accept,
             GateDecision::Reject { .. } => Answer::Reject,
             GateDecision::Failure(cause) => Answer::FailOpen(cause),
         }
@@ -96,12 +97,12 @@ impl fmt::Display for Answer {
     }
 }
 
-/// Answers counted by kind; fail-opens by cause, in [`FailureCause::ALL`]'s order.
+/// Answers counted by kind; fail-opens by cause, in [`Cause::ALL`]'s order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Answers {
     pub accept: usize,
     pub reject: usize,
-    fail_open: [usize; FailureCause::ALL.len()],
+    fail_open: [usize; Cause::ALL.len()],
 }
 
 impl Answers {
@@ -114,7 +115,7 @@ impl Answers {
     }
 
     /// Fail-opens with `cause`.
-    pub fn fail_open(&self, cause: FailureCause) -> usize {
+    pub fn fail_open(&self, cause: Cause) -> usize {
         self.fail_open[cause_index(cause)]
     }
 
@@ -125,7 +126,7 @@ impl Answers {
     /// The most frequent answer (ties: accept, reject, then causes in order); `None` if empty.
     fn most_common(&self) -> Option<Answer> {
         let kinds = [(Answer::Accept, self.accept), (Answer::Reject, self.reject)].into_iter();
-        let causes = FailureCause::ALL.iter().map(|&c| (Answer::FailOpen(c), self.fail_open(c)));
+        let causes = Cause::ALL.iter().map(|&c| (Answer::FailOpen(c), self.fail_open(c)));
         let mut best: Option<(Answer, usize)> = None;
         for (answer, n) in kinds.chain(causes) {
             if n > best.map_or(0, |(_, b)| b) {
@@ -136,8 +137,8 @@ impl Answers {
     }
 }
 
-fn cause_index(cause: FailureCause) -> usize {
-    FailureCause::ALL.iter().position(|&c| c == cause).expect("ALL holds every cause")
+fn cause_index(cause: Cause) -> usize {
+    Cause::ALL.iter().position(|&c| c == cause).expect("ALL holds every cause")
 }
 
 /// Nearest-rank latency percentiles over the graded requests.
@@ -248,7 +249,7 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report, ProbeErr
 /// One `call.inbound` request, the body callgate sends, read as callgate reads the answer.
 async fn ask(client: &GateClient, gate: &Gate, opts: &Options, call_id: &str) -> Answer {
     let request =
-        GateRequest { event: "call.inbound", from: &opts.from, to: &opts.to, call_id, agent_id: None };
+        GateRequest { event: "call.inbound", from: &opts.from, to: &opts.to, call_id, agent_id: None, test: false };
     Answer::of(client.check(gate, &request).await)
 }
 
@@ -349,7 +350,7 @@ mod tests {
 
     #[test]
     fn signatures_are_checked_when_both_bad_requests_are_answered_otherwise() {
-        let status = Answer::FailOpen(FailureCause::Status);
+        let status = Answer::FailOpen(Cause::Status);
         let check = |unsigned, wrongly_signed, valid| SignatureCheck { unsigned, wrongly_signed, valid };
         assert_eq!(check(status, status, Answer::Accept).checked(), Some(true));
         assert_eq!(check(Answer::Accept, status, Answer::Accept).checked(), Some(false));
@@ -361,10 +362,10 @@ mod tests {
     fn the_most_common_answer_decides_what_valid_means() {
         let mut a = Answers::default();
         assert_eq!(a.most_common(), None);
-        [Answer::FailOpen(FailureCause::Timeout), Answer::Reject, Answer::FailOpen(FailureCause::Timeout)]
+        [Answer::FailOpen(Cause::Timeout), Answer::Reject, Answer::FailOpen(Cause::Timeout)]
             .into_iter()
             .for_each(|x| a.add(x));
-        assert_eq!(a.most_common(), Some(Answer::FailOpen(FailureCause::Timeout)));
+        assert_eq!(a.most_common(), Some(Answer::FailOpen(Cause::Timeout)));
         a.add(Answer::Reject);
         assert_eq!(a.most_common(), Some(Answer::Reject), "a tie goes to the decision");
     }

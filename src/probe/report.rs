@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Answers, Certificate, Latency, SignatureCheck};
-use crate::gate::{FailureCause, MAX_ANSWER_BYTES};
+use crate::decide::Cause;
+use crate::gate::MAX_ANSWER_BYTES;
 
 /// A certificate with fewer whole days than this left earns a warning.
 pub const CERT_WARN_DAYS: i64 = 14;
@@ -63,7 +64,7 @@ impl Report {
         let mut reasons = Vec::new();
         let mut fail = |text: String| reasons.push(Reason { level: Verdict::Fail, text });
         let total = self.requests();
-        for cause in FailureCause::ALL {
+        for cause in Cause::ALL {
             let n = self.answers.fail_open(cause);
             if n > 0 {
                 fail(format!(
@@ -122,17 +123,19 @@ impl Report {
     }
 
     /// What a fail-open cause means for this gate.
-    fn explain(&self, cause: FailureCause) -> String {
+    fn explain(&self, cause: Cause) -> String {
         match cause {
-            FailureCause::Timeout => format!("no answer within the {} timeout", human(self.timeout)),
-            FailureCause::Connect => "the connection was refused or reset, or DNS or TLS failed".into(),
-            FailureCause::Status => "the answer's status was not 200 (callgate follows no redirect)".into(),
-            FailureCause::Malformed => format!(
-                "the 200 answer was not a JSON object whose \"action\" is \"accept\" or \"reject\", \
-                 or was over {} KiB",
+            Cause::Timeout => format!("no answer within the {} timeout", human(self.timeout)),
+            Cause::Connect => "the connection was refused or reset, or DNS or TLS failed".into(),
+            Cause::Status => "the answer's status was not 200 (callgate follows no redirect)".into(),
+            Cause::Malformed => format!(
+                "the 200 answer was not a JSON object whose \"action\" is \"accept\" or \"reject\" \
+                 (nor a \"call_inbound\" object), or was over {} KiB",
                 MAX_ANSWER_BYTES / 1024
             ),
-            FailureCause::Overload => "too many requests were already waiting on the gate".into(),
+            Cause::Overload => "too many requests were already waiting on the gate".into(),
+            Cause::CircuitOpen => "the gate's origin kept failing, so callgate stopped asking it for a while".into(),
+            Cause::Config => "the gate's configuration could not be used for the call".into(),
         }
     }
 
@@ -154,7 +157,7 @@ impl Report {
 
     /// The `--json` object.
     pub fn to_json(&self) -> serde_json::Value {
-        let fail_open: serde_json::Map<String, serde_json::Value> = FailureCause::ALL
+        let fail_open: serde_json::Map<String, serde_json::Value> = Cause::ALL
             .iter()
             .map(|&c| (c.as_str().to_owned(), self.answers.fail_open(c).into()))
             .collect();
@@ -178,7 +181,7 @@ impl Report {
         let mut out = String::new();
         let a = &self.answers;
         let mut fail_open = format!("{} fail_open", a.fail_open_total());
-        let causes: Vec<String> = FailureCause::ALL
+        let causes: Vec<String> = Cause::ALL
             .iter()
             .filter(|&&c| a.fail_open(c) > 0)
             .map(|&c| format!("{} {}", a.fail_open(c), c.as_str()))
@@ -294,7 +297,7 @@ mod tests {
         let good = report(&[Answer::Accept; 5], 10, None, FRESH);
         assert_eq!((good.verdict, good.reasons.len()), (Verdict::Pass, 0), "{:?}", good.reasons);
 
-        let failing = report(&[Answer::Accept, Answer::FailOpen(FailureCause::Status)], 10, None, FRESH);
+        let failing = report(&[Answer::Accept, Answer::FailOpen(Cause::Status)], 10, None, FRESH);
         assert_eq!(failing.verdict, Verdict::Fail);
         assert!(failing.reasons[0].text.contains("1 of 2 answers would fail open with cause status"));
 
@@ -333,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_gate_that_does_not_check_signatures_earns_a_warning() {
-        let status = Answer::FailOpen(FailureCause::Status);
+        let status = Answer::FailOpen(Cause::Status);
         let check = |unsigned, wrongly_signed, valid| SignatureCheck { unsigned, wrongly_signed, valid };
         let lax = report(
             &[Answer::Accept; 3],

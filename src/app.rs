@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::body;
 use crate::engine::{Engine, EngineBody, Peer, MAX_STREAMED_BODY};
 use crate::error::RequestError;
+use crate::events::Events;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
@@ -65,6 +66,8 @@ pub struct App {
     /// The only way to change the table.
     pub writer: Writer,
     pub gate: GateClient,
+    /// Decision events, with `--events-url`.
+    pub events: Option<Events>,
     pub engine: Engine,
     pub metrics: &'static Metrics,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
@@ -85,6 +88,7 @@ impl App {
         routes: Arc<RouteStore>,
         writer: Writer,
         gate: GateClient,
+        events: Option<Events>,
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
@@ -112,6 +116,7 @@ impl App {
             routes,
             writer,
             gate,
+            events,
             engine,
             metrics,
             verifier,

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use crate::body;
 use crate::engine::Peer;
 use crate::error::RequestError;
+use crate::events::DecisionEvent;
 use crate::gate::{GateDecision, GateRequest};
 use crate::metrics::{Decision, GateResult};
 use crate::routes::{Gate, OnFailure, Source};
@@ -69,6 +70,7 @@ pub async fn handle(
     };
     log_decision(&call, to, agent_id.as_deref(), source, gate.as_deref(), &outcome);
     app.metrics.record_decision(outcome.decision);
+    emit_event(app, &call, to, agent_id.as_deref(), &outcome);
 
     match outcome.decision {
         Decision::Reject | Decision::FailClosed => Ok(reject_response()),
@@ -196,6 +198,27 @@ async fn ask(
     };
     app.metrics.record_gate(result, elapsed);
     Outcome { decision, cause, reason, gate_time: Some(elapsed) }
+}
+
+/// Hands a reject, fail_closed or fail_open to the decision events (SPEC §14); never waits.
+fn emit_event(app: &App, call: &CallParams<'_>, to: &str, agent_id: Option<&str>, outcome: &Outcome) {
+    let Some(events) = &app.events else { return };
+    match outcome.decision {
+        Decision::Reject | Decision::FailClosed | Decision::FailOpen => {}
+        Decision::Accept | Decision::NoGate => return,
+    }
+    events.emit(DecisionEvent {
+        call_id: call.call_sid.unwrap_or("").to_owned(),
+        agent_id: agent_id.map(str::to_owned),
+        from_number: call.from.map(str::to_owned),
+        to_number: to.to_owned(),
+        decision: outcome.decision.as_str(),
+        cause: outcome.cause,
+        reason: outcome.reason.clone(),
+        gate_ms: outcome.gate_time.map(|d| d.as_secs_f64() * 1000.0),
+        checks: serde_json::Value::Null,
+        occurred_at: std::time::SystemTime::now(),
+    });
 }
 
 /// The one log line per decided call (SPEC §9). The gate is named by its display form only.

@@ -26,11 +26,11 @@ pub use sender::{Attempt, Failure, DELIVERY_ID_HEADER, SIGNATURE_HEADER};
 pub const QUEUE_CAPACITY: usize = 10_000;
 
 /// A gate's `reason` is cut to this many bytes in an event.
-pub const MAX_REASON_BYTES: usize = 1024;
+pub const MAX_REASON_BYTES: usize = 512;
 
-/// An event body larger than this (a long `checks`) is sent with `checks` null. With the
-/// reason cut, this bounds every event, and so the outbox: `--events-max-pending` times this.
-pub const MAX_EVENT_BYTES: usize = 4096;
+/// Every event body is at most this (see [`render`]), which bounds the outbox on disk:
+/// `--events-max-pending` times this, plus the store's own overhead.
+pub const MAX_EVENT_BYTES: usize = 2048;
 
 /// How long [`Events::stop`] waits for the last events to be written.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -119,29 +119,37 @@ impl Body<'_> {
     }
 }
 
-/// The body sent for `event`, within [`MAX_EVENT_BYTES`].
+/// The body sent for `event`, within [`MAX_EVENT_BYTES`]: the reason cut to
+/// [`MAX_REASON_BYTES`] and the call's strings to 128 bytes (Twilio's are far shorter); if that
+/// is still too long (long `checks`), `checks` null; if even that is (strings that JSON escaping
+/// blows up), every string cut to 32 bytes.
 fn render(delivery_id: &str, event: &DecisionEvent) -> Bytes {
-    let reason = event.reason.as_deref().map(|r| cut(r, MAX_REASON_BYTES));
-    let mut body = Body {
-        event: event.name(),
-        webhook_delivery_id: delivery_id,
-        call_id: Some(&event.call_id),
-        agent_id: event.agent_id.as_deref(),
-        from_number: event.from_number.as_deref(),
-        to_number: Some(&event.to_number),
-        decision: Some(event.decision),
-        cause: event.cause,
-        reason,
-        gate_ms: event.gate_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
-        checks: &event.checks,
-        occurred_at: humantime::format_rfc3339_millis(event.occurred_at).to_string(),
-    };
-    let bytes = body.to_bytes();
-    if bytes.len() <= MAX_EVENT_BYTES {
-        return bytes;
+    let occurred_at = humantime::format_rfc3339_millis(event.occurred_at).to_string();
+    let null = serde_json::Value::Null;
+    let mut bytes = Bytes::new();
+    for (reason_max, field_max, checks) in
+        [(MAX_REASON_BYTES, 128, &event.checks), (MAX_REASON_BYTES, 128, &null), (32, 32, &null)]
+    {
+        let body = Body {
+            event: event.name(),
+            webhook_delivery_id: delivery_id,
+            call_id: Some(cut(&event.call_id, field_max)),
+            agent_id: event.agent_id.as_deref().map(|a| cut(a, field_max)),
+            from_number: event.from_number.as_deref().map(|f| cut(f, field_max)),
+            to_number: Some(cut(&event.to_number, field_max)),
+            decision: Some(event.decision),
+            cause: event.cause,
+            reason: event.reason.as_deref().map(|r| cut(r, reason_max)),
+            gate_ms: event.gate_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
+            checks,
+            occurred_at: occurred_at.clone(),
+        };
+        bytes = body.to_bytes();
+        if bytes.len() <= MAX_EVENT_BYTES {
+            break;
+        }
     }
-    body.checks = &serde_json::Value::Null;
-    body.to_bytes()
+    bytes
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.
@@ -336,6 +344,17 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(body["reason"].as_str().unwrap().len(), MAX_REASON_BYTES);
         assert_eq!(body["checks"], serde_json::Value::Null);
+
+        // Strings that escaping blows up six-fold are cut further.
+        let mut escaped = event("reject");
+        escaped.reason = Some("\u{1}".repeat(5_000));
+        escaped.call_id = "\u{1}".repeat(5_000);
+        escaped.from_number = Some("\u{1}".repeat(5_000));
+        escaped.to_number = "\u{1}".repeat(5_000);
+        let bytes = render("whd_x", &escaped);
+        assert!(bytes.len() <= MAX_EVENT_BYTES, "{}", bytes.len());
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["call_id"].as_str().unwrap().len(), 32);
     }
 
     #[test]

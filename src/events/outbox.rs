@@ -21,7 +21,12 @@ pub enum OutboxError {
     #[error("cannot create {dir}: {source}")]
     Dir { dir: PathBuf, source: std::io::Error },
     #[error("events outbox: {0}")]
-    Store(#[from] redb::Error),
+    Store(Box<redb::Error>),
+}
+
+/// A redb error of any kind, boxed (redb's are large).
+fn store(e: impl Into<redb::Error>) -> OutboxError {
+    OutboxError::Store(Box::new(e.into()))
 }
 
 /// One pending event's schedule, as stored.
@@ -50,26 +55,26 @@ impl Outbox {
     /// but possible after a hand edit) is removed.
     pub fn open(dir: &Path) -> Result<(Outbox, Vec<Row>), OutboxError> {
         std::fs::create_dir_all(dir).map_err(|source| OutboxError::Dir { dir: dir.to_owned(), source })?;
-        let db = Database::create(dir.join(FILE_NAME)).map_err(redb::Error::from)?;
+        let db = Database::create(dir.join(FILE_NAME)).map_err(store)?;
         let rows = Self::load(&db)?;
         Ok((Outbox { db }, rows))
     }
 
-    fn load(db: &Database) -> Result<Vec<Row>, redb::Error> {
-        let txn = db.begin_write()?;
+    fn load(db: &Database) -> Result<Vec<Row>, OutboxError> {
+        let txn = db.begin_write().map_err(store)?;
         let rows = {
-            let mut bodies = txn.open_table(BODIES)?;
-            let mut schedule = txn.open_table(SCHEDULE)?;
+            let mut bodies = txn.open_table(BODIES).map_err(store)?;
+            let mut schedule = txn.open_table(SCHEDULE).map_err(store)?;
             let mut rows = Vec::new();
-            for entry in schedule.iter()? {
-                let (key, value) = entry?;
+            for entry in schedule.iter().map_err(store)? {
+                let (key, value) = entry.map_err(store)?;
                 let (attempts, next_at) = value.value();
                 rows.push(Row { key: key.value(), attempts, next_at });
             }
             let mut orphans = Vec::new();
             let mut at = 0;
-            for entry in bodies.iter()? {
-                let key = entry?.0.value();
+            for entry in bodies.iter().map_err(store)? {
+                let key = entry.map_err(store)?.0.value();
                 while at < rows.len() && rows[at].key < key {
                     at += 1;
                 }
@@ -79,54 +84,54 @@ impl Outbox {
             }
             let mut kept = Vec::with_capacity(rows.len());
             for row in rows {
-                if bodies.get(row.key)?.is_some() {
+                if bodies.get(row.key).map_err(store)?.is_some() {
                     kept.push(row);
                 } else {
-                    schedule.remove(row.key)?;
+                    schedule.remove(row.key).map_err(store)?;
                 }
             }
             for key in orphans {
-                bodies.remove(key)?;
+                bodies.remove(key).map_err(store)?;
             }
             kept
         };
-        txn.commit()?;
+        txn.commit().map_err(store)?;
         Ok(rows)
     }
 
     /// Writes `changes` in one transaction, durable when this returns.
     pub fn apply(&self, changes: &[Change]) -> Result<(), OutboxError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write().map_err(store)?;
         {
-            let mut bodies = txn.open_table(BODIES).map_err(redb::Error::from)?;
-            let mut schedule = txn.open_table(SCHEDULE).map_err(redb::Error::from)?;
+            let mut bodies = txn.open_table(BODIES).map_err(store)?;
+            let mut schedule = txn.open_table(SCHEDULE).map_err(store)?;
             for change in changes {
                 match change {
                     Change::Insert { key, delivery_id, body, next_at } => {
-                        bodies.insert(key, (delivery_id.as_str(), &body[..])).map_err(redb::Error::from)?;
-                        schedule.insert(key, (0, *next_at)).map_err(redb::Error::from)?;
+                        bodies.insert(key, (delivery_id.as_str(), &body[..])).map_err(store)?;
+                        schedule.insert(key, (0, *next_at)).map_err(store)?;
                     }
                     Change::Reschedule(row) => {
-                        schedule.insert(row.key, (row.attempts, row.next_at)).map_err(redb::Error::from)?;
+                        schedule.insert(row.key, (row.attempts, row.next_at)).map_err(store)?;
                     }
                     Change::Remove(key) => {
-                        bodies.remove(key).map_err(redb::Error::from)?;
-                        schedule.remove(key).map_err(redb::Error::from)?;
+                        bodies.remove(key).map_err(store)?;
+                        schedule.remove(key).map_err(store)?;
                     }
                 }
             }
         }
-        txn.commit().map_err(redb::Error::from)?;
+        txn.commit().map_err(store)?;
         Ok(())
     }
 
     /// The delivery id and body of each of `keys` (`None` for a key not in the outbox).
     pub fn read(&self, keys: &[u64]) -> Result<Vec<Option<(String, Bytes)>>, OutboxError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let bodies = txn.open_table(BODIES).map_err(redb::Error::from)?;
+        let txn = self.db.begin_read().map_err(store)?;
+        let bodies = txn.open_table(BODIES).map_err(store)?;
         keys.iter()
             .map(|key| {
-                let found = bodies.get(key).map_err(redb::Error::from)?;
+                let found = bodies.get(key).map_err(store)?;
                 Ok(found.map(|v| {
                     let (id, body) = v.value();
                     (id.to_owned(), Bytes::copy_from_slice(body))

@@ -476,7 +476,9 @@ pub struct EventsUrl(pub http::Uri);
 impl std::fmt::Debug for EventsUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let u = &self.0;
-        write!(f, "{}://{}{}", u.scheme_str().unwrap_or(""), u.host().unwrap_or(""), u.path())
+        // User info is refused at start-up, so the authority is host and port.
+        let authority = u.authority().map_or("", |a| a.as_str());
+        write!(f, "{}://{}{}", u.scheme_str().unwrap_or(""), authority, u.path())
     }
 }
 

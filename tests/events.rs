@@ -165,7 +165,7 @@ async fn a_500_then_a_200_delivers_on_the_second_try_with_the_same_delivery_id()
     let cg = Binary::spawn(
         &number_gate(REJECT_TO, &gate.url("/precall")),
         &engine.url(""),
-        &["--events-url", &receiver.url("/e"), "--events-signing-secret", SECRET]
+        &["--events-url", &receiver.url("/e?token=QS3CRET"), "--events-signing-secret", SECRET]
             .into_iter()
             .chain(["--events-retry-schedule", "300ms,10s", "--state-dir", state_dir])
             .collect::<Vec<_>>(),
@@ -192,6 +192,13 @@ async fn a_500_then_a_200_delivers_on_the_second_try_with_the_same_delivery_id()
     assert_eq!(cg.metric("callgate_events_pending").await, 0.0);
     assert_eq!(cg.metric("callgate_events_outbox_ok").await, 1.0);
     assert_eq!(receiver.count(), 2, "nothing more once delivered");
+    assert_eq!(seen[0].uri, "/e?token=QS3CRET", "the URL as given");
+    let bound = cg.wait_for_log("listeners bound");
+    assert!(bound["settings"].as_str().unwrap().contains(&receiver.url("/e")), "{bound}");
+    let all = serde_json::to_string(&*cg.logs.lock().unwrap()).unwrap();
+    for secret in ["QS3CRET", SECRET] {
+        assert!(!all.contains(secret), "{secret} in the logs");
+    }
 }
 
 /// A receiver that accepts connections and never answers, noting when each was accepted.

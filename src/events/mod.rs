@@ -357,6 +357,37 @@ mod tests {
         assert_eq!(body["call_id"].as_str().unwrap().len(), 32);
     }
 
+    #[tokio::test]
+    async fn emit_never_waits_on_a_full_queue_it_counts_the_drop() {
+        let metrics = crate::metrics::get();
+        let series = r#"callgate_events_dropped_total{reason="queue_full"} "#;
+        let dropped = || -> f64 {
+            let text = metrics.render();
+            text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+        };
+        let before = dropped();
+        // A queue of one that nothing drains.
+        let (queue, _incoming) = mpsc::channel(1);
+        let events = Events {
+            shared: Arc::new(Shared {
+                queue,
+                sender: Arc::new(sender::Sender::new(
+                    crate::tls::gate_client_config(None).unwrap(),
+                    "http://127.0.0.1:1/".parse().unwrap(),
+                    b"s",
+                    Duration::from_secs(1),
+                )),
+                metrics,
+                last_full_log: AtomicU64::new(0),
+                stop: Mutex::new(None),
+            }),
+        };
+        for _ in 0..3 {
+            events.emit(event("reject"));
+        }
+        assert_eq!(dropped() - before, 2.0, "the first was queued, the others dropped");
+    }
+
     #[test]
     fn delivery_ids_are_unique_and_well_formed() {
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| delivery_id()).collect();

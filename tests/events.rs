@@ -348,6 +348,46 @@ async fn kill_9_with_events_pending_loses_none_and_sends_none_twice() {
 }
 
 #[tokio::test]
+async fn sigterm_with_attempts_hanging_exits_promptly_and_the_next_start_delivers_them() {
+    let hanging = Hanging::start().await;
+    let gate = Stub::start(Reply::json(r#"{"action":"reject"}"#)).await;
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let routes = number_gate(REJECT_TO, &gate.url("/precall"));
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let hanging_url = format!("http://{}/e", hanging.addr);
+    let flags = |url: &str| {
+        ["--events-url", url, "--events-signing-secret", SECRET, "--state-dir", state_dir]
+            .map(String::from)
+            .to_vec()
+    };
+    let args = flags(&hanging_url);
+    let mut cg =
+        Binary::spawn(&routes, &engine.url(""), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    for i in 0..3 {
+        let answer =
+            post_form(&cg.url("/twilio/voice"), &ringing_sid(REJECT_TO, &format!("CAterm{i}"))).await;
+        assert_eq!(answer.status, 200);
+    }
+    eventually(Duration::from_secs(10), || async { hanging.accepted().len() == 3 }).await;
+    cg.signal("TERM");
+    assert_eq!(
+        cg.wait_exit(Duration::from_secs(8)).code(),
+        Some(0),
+        "hanging attempts do not hold up the exit"
+    );
+
+    let receiver = Stub::start(Reply::json("{}")).await;
+    let args = flags(&receiver.url("/e"));
+    let cg = Binary::spawn(&routes, &engine.url(""), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let seen = until_seen(&receiver, 3).await;
+    let mut calls: Vec<String> = seen.iter().map(call_id).collect();
+    calls.sort();
+    assert_eq!(calls, ["CAterm0", "CAterm1", "CAterm2"]);
+    eventually(Duration::from_secs(10), || async { cg.metric("callgate_events_pending").await == 0.0 }).await;
+}
+
+#[tokio::test]
 async fn an_unwritable_state_dir_is_counted_and_shown_and_calls_and_events_go_on() {
     let receiver = Stub::start(Reply::json("{}")).await;
     let gate = Stub::start(Reply::json(r#"{"action":"reject"}"#)).await;

@@ -170,6 +170,19 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             }
             _ => Err(not_allowed()),
         },
+        ["v1", "events", "test"] => match *method {
+            Method::POST => {
+                let Some(events) = &app.events else {
+                    return Err(api_error(
+                        StatusCode::CONFLICT,
+                        "not_configured",
+                        "decision events are off: start callgate with --events-url and --events-signing-secret",
+                    ));
+                };
+                Ok(json!(events.send_test().await).into())
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
         _ => Err(api_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     }
 }

@@ -16,6 +16,7 @@ use crate::decide::record::DecisionLog;
 use crate::decide::Stages;
 use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
 use crate::error::RequestError;
+use crate::events::Events;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
@@ -96,6 +97,8 @@ pub struct App {
     /// The only way to change the table.
     pub writer: Writer,
     pub gate: GateClient,
+    /// Decision events, with `--events-url`.
+    pub events: Option<Events>,
     pub engine: Engine,
     pub metrics: &'static Metrics,
     /// The last `--decision-log-size` decided calls.
@@ -118,6 +121,7 @@ impl App {
         routes: Arc<RouteStore>,
         writer: Writer,
         gate: GateClient,
+        events: Option<Events>,
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
@@ -141,6 +145,7 @@ impl App {
             routes,
             writer,
             gate,
+            events,
             engine,
             metrics,
             decisions,

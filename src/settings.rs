@@ -189,6 +189,28 @@ pub struct ServeArgs {
     /// Recent decisions kept for GET /v1/calls/{call_sid}.
     #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
     pub decision_log_size: u32,
+    /// Where decision events go (reject, fail_closed, fail_open); https://, or http:// with
+    /// --allow-insecure-gates.
+    #[arg(long, env = "CALLGATE_EVENTS_URL")]
+    pub events_url: Option<String>,
+    /// Signs every decision event (X-Callgate-Signature); required with --events-url.
+    #[arg(long, env = "CALLGATE_EVENTS_SIGNING_SECRET", value_parser = parse_secret)]
+    pub events_signing_secret: Option<Secret>,
+    /// Delays before each retry of an undelivered event, comma-separated.
+    #[arg(
+        long,
+        env = "CALLGATE_EVENTS_RETRY_SCHEDULE",
+        value_delimiter = ',',
+        default_value = "1m,5m,30m,2h,12h",
+        value_parser = parse_duration
+    )]
+    pub events_retry_schedule: Vec<Duration>,
+    /// Events the outbox holds at most; past it the oldest is given up.
+    #[arg(long, env = "CALLGATE_EVENTS_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_max_pending: u32,
+    /// Durable local state: the events outbox.
+    #[arg(long, env = "CALLGATE_STATE_DIR", default_value = "callgate-state")]
+    pub state_dir: PathBuf,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -402,6 +424,15 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub twilio_deadline: Duration,
     pub decision_log_size: usize,
+    /// `--events-url`; with it, `events_signing_secret` is set.
+    pub events_url: Option<EventsUrl>,
+    pub events_signing_secret: Option<Secret>,
+    pub events_retry_schedule: Vec<Duration>,
+    pub events_max_pending: u32,
+    /// How long one event delivery attempt may take: 10 s (SPEC §14). Not a flag; tests
+    /// shorten it.
+    pub events_attempt_timeout: Duration,
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -418,6 +449,13 @@ pub enum SettingsError {
     TlsPair,
     #[error("invalid --public-url {0:?}: write scheme://host[:port] (http or https, no path)")]
     PublicUrl(String),
+    // The URL is not repeated: its query may hold a token.
+    #[error(
+        "invalid --events-url: write https://host[:port]/path (http:// only with --allow-insecure-gates)"
+    )]
+    EventsUrl,
+    #[error("--events-url needs --events-signing-secret (CALLGATE_EVENTS_SIGNING_SECRET)")]
+    EventsWithoutSecret,
 }
 
 impl Settings {
@@ -445,6 +483,11 @@ impl Settings {
             return Err(SettingsError::TlsPair);
         }
         let public_url = args.public_url.map(|u| check_public_url(&u)).transpose()?;
+        let events_url =
+            args.events_url.map(|u| check_events_url(&u, args.allow_insecure_gates)).transpose()?;
+        if events_url.is_some() && args.events_signing_secret.is_none() {
+            return Err(SettingsError::EventsWithoutSecret);
+        }
         Ok(Settings {
             listen: args.listen,
             admin_listen: args.admin_listen,
@@ -475,6 +518,12 @@ impl Settings {
             tls_key: args.tls_key,
             twilio_deadline: args.twilio_deadline,
             decision_log_size: args.decision_log_size as usize,
+            events_url,
+            events_signing_secret: args.events_signing_secret,
+            events_retry_schedule: args.events_retry_schedule,
+            events_max_pending: args.events_max_pending,
+            events_attempt_timeout: Duration::from_secs(10),
+            state_dir: args.state_dir,
         })
     }
 
@@ -494,6 +543,8 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             signed_paths: Vec::new(),
+            events_url: None,
+            events_signing_secret: None,
             ..args
         })?;
         s.listen = ([127, 0, 0, 1], 0).into();
@@ -513,6 +564,34 @@ fn check_public_url(s: &str) -> Result<String, SettingsError> {
         return Err(bad());
     }
     Ok(s.trim_end_matches('/').to_owned())
+}
+
+/// The events receiver's URL; `Debug` shows scheme, host and path only (a query may hold a token).
+#[derive(Clone)]
+pub struct EventsUrl(pub http::Uri);
+
+impl std::fmt::Debug for EventsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let u = &self.0;
+        // User info is refused at start-up, so the authority is host and port.
+        let authority = u.authority().map_or("", |a| a.as_str());
+        write!(f, "{}://{}{}", u.scheme_str().unwrap_or(""), authority, u.path())
+    }
+}
+
+/// An events receiver: `https://` (or `http://` when insecure URLs are allowed) with a host.
+fn check_events_url(s: &str, allow_insecure: bool) -> Result<EventsUrl, SettingsError> {
+    let uri: http::Uri = s.parse().map_err(|_| SettingsError::EventsUrl)?;
+    let scheme_ok = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => allow_insecure,
+        _ => false,
+    };
+    let host_ok = uri.authority().is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
+    if !scheme_ok || !host_ok {
+        return Err(SettingsError::EventsUrl);
+    }
+    Ok(EventsUrl(uri))
 }
 
 impl ServeArgs {

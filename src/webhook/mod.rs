@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use crate::app::Served;
 use crate::body;
 use crate::decide::record::Record;
-use crate::decide::{decide, Call, Deadline, Verdict};
+use crate::decide::{decide, Call, Deadline, Decision, Verdict};
+use crate::events::DecisionEvent;
 use crate::engine::{Peer, Stamp};
 use crate::error::RequestError;
 use crate::settings::SignatureMode;
@@ -115,6 +116,28 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         );
     }
     app.decisions.keep(Record::new(call, verdict, SystemTime::now()));
+    emit_event(app, call, verdict);
+}
+
+/// Hands a reject, fail_closed or fail_open to the decision events (SPEC §14); never waits.
+fn emit_event(app: &App, call: &Call, verdict: &Verdict) {
+    let Some(events) = &app.events else { return };
+    match verdict.decision {
+        Decision::Reject | Decision::FailClosed | Decision::FailOpen => {}
+        Decision::Accept | Decision::NoGate | Decision::ShadowReject => return,
+    }
+    events.emit(DecisionEvent {
+        call_id: call.call_id.clone(),
+        agent_id: verdict.agent_id().map(str::to_owned),
+        from_number: (!call.from.is_empty()).then(|| call.from.clone()),
+        to_number: call.to.clone(),
+        decision: verdict.decision.as_str(),
+        cause: verdict.cause.map(|c| c.as_str()),
+        reason: verdict.reason.clone(),
+        gate_ms: verdict.gate_ms(),
+        checks: serde_json::Value::Null,
+        occurred_at: SystemTime::now(),
+    });
 }
 
 /// Where a webhook's parameters came from, which decides what its signature covers.

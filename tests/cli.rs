@@ -275,7 +275,22 @@ async fn the_demo_answers_every_line_it_prints() {
             decided.push(expected);
         }
     }
-    assert_eq!(decided, ["accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    assert_eq!(decided, ["accept", "accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    let enriched = lines.iter().position(|l| l.contains("To=+15005550006")).expect("the enriched call");
+    let (url, form) = parse_curl(&lines[enriched]);
+    let answer = post_form(&url, &form).await.text();
+    assert!(answer.contains("Agent: agent_vip.") && answer.contains("customer_name"), "{answer}");
+    // The admin lines carry the demo's key and answer.
+    let record = lines.iter().find(|l| l.contains("/v1/calls/")).expect("a decision record line");
+    let record_url = record.split_whitespace().find(|w| w.starts_with("http")).unwrap();
+    let auth = callgate::demo::DEMO_KEY;
+    let request = http::Request::get(record_url)
+        .header("authorization", format!("Bearer {auth}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let answer = send(request).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("\"override_agent_id\":\"agent_vip\""), "{}", answer.text());
 
     let metrics_line = lines.iter().find(|l| l.contains("/metrics")).unwrap();
     let metrics_url = metrics_line.split_whitespace().find(|w| w.starts_with("http")).unwrap();

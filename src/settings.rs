@@ -149,6 +149,15 @@ pub struct ServeArgs {
     /// Recent decisions kept for GET /v1/calls/{call_sid}.
     #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
     pub decision_log_size: u32,
+    /// A CallSid seen again within it gets the same decision without a second gate request; 0 turns it off.
+    #[arg(long, env = "CALLGATE_DEDUP_WINDOW", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub dedup_window: Duration,
+    /// Consecutive timeout, connect or 5xx failures of one gate origin that open its circuit; 0 turns it off.
+    #[arg(long, env = "CALLGATE_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(..=1_000_000))]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one call probes it.
+    #[arg(long, env = "CALLGATE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -291,6 +300,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// A duration where `0` means off.
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 60s, or 0 for off)"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d =
         humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 5s or 500ms)"))?;
@@ -362,6 +379,11 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub twilio_deadline: Duration,
     pub decision_log_size: usize,
+    /// Zero: off.
+    pub dedup_window: Duration,
+    /// Zero: off.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +457,9 @@ impl Settings {
             tls_key: args.tls_key,
             twilio_deadline: args.twilio_deadline,
             decision_log_size: args.decision_log_size as usize,
+            dedup_window: args.dedup_window,
+            breaker_failures: args.breaker_failures,
+            breaker_cooldown: args.breaker_cooldown,
         })
     }
 

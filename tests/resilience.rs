@@ -465,3 +465,55 @@ async fn the_admin_api_sets_a_gates_mode_and_refuses_an_unknown_one() {
     assert_eq!(answer["mode"], "enforce");
     assert!(cg.table().await["numbers"][N1]["gate"].get("mode").is_none());
 }
+
+// ------------------------------------------------------------------------------ configuration
+
+#[test]
+fn callgate_check_refuses_an_unknown_mode_and_accepts_the_two_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    let check = |mode: &str| {
+        let gate = format!(
+            r#"{{"numbers": {{"{N1}": {{"gate": {{"url": "https://g.example/", "mode": "{mode}"}}}}}}}}"#
+        );
+        std::fs::write(&path, gate).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(["check", "--routes", path.to_str().unwrap()])
+            .env_clear()
+            .output()
+            .unwrap();
+        (out.status.code().unwrap(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    for mode in ["enforce", "shadow"] {
+        assert_eq!(check(mode).0, 0, "{mode}");
+    }
+    let (code, out) = check("dry-run");
+    assert_eq!(code, 1);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.trim_end().ends_with(&format!("numbers.\"{N1}\".gate.mode: must be \"enforce\" or \"shadow\"")),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_breaker_and_dedup_flags_stop_start_up_with_one_line() {
+    for args in [
+        &["--dedup-window", "soon"][..],
+        &["--breaker-cooldown", "0"],
+        &["--breaker-failures=-1"],
+        &["--breaker-failures", "many"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(["--upstream", "http://127.0.0.1:9", "--routes", "/nonexistent/routes.json"])
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        let flag = args[0].split('=').next().unwrap();
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}

@@ -85,6 +85,7 @@ async fn n_failures_open_the_circuit_and_the_next_calls_are_answered_at_once_wit
             .await;
     for n in 0..3 {
         let (answer, _) = call(&cg, N1, &sid("open", n)).await;
+        assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(forwarded(&engine, &sid("open", n)).as_deref(), Some("fail_open"));
         assert_eq!(record(&cg, &sid("open", n)).await["cause"], "status");
     }
@@ -162,6 +163,7 @@ async fn after_the_cooldown_exactly_one_call_probes_and_its_success_closes_the_c
     eventually(Duration::from_secs(5), || async { gate.count() == 3 }).await;
     for n in 4..10 {
         let (answer, took) = call(&cg, N1, &sid("probe", n)).await;
+        assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(forwarded(&engine, &sid("probe", n)).as_deref(), Some("fail_open"));
         assert!(took < Duration::from_millis(50), "{took:?}");
         assert_eq!(record(&cg, &sid("probe", n)).await["cause"], "circuit_open");
@@ -174,6 +176,7 @@ async fn after_the_cooldown_exactly_one_call_probes_and_its_success_closes_the_c
     mode.store(2, Ordering::SeqCst);
     for n in 10..13 {
         let (answer, _) = call(&cg, N1, &sid("probe", n)).await;
+        assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(forwarded(&engine, &sid("probe", n)).as_deref(), Some("accept"));
     }
     assert_eq!(gate.count(), 6);
@@ -217,6 +220,7 @@ async fn gates_on_one_origin_share_a_circuit_and_gates_on_another_do_not() {
     assert_eq!(failing.count(), 2);
     for n in 3..6 {
         let (answer, _) = call(&cg, N3, &sid("share", n)).await;
+        assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(forwarded(&engine, &sid("share", n)).as_deref(), Some("accept"));
     }
     assert_eq!(other.count(), 3);

@@ -2,8 +2,10 @@
 //! ([`Call`]), its [`Deadline`], the typed [`Verdict`], and [`decide`], which runs the stages in
 //! order and returns the verdict:
 //!
-//! resolve the gate (one routes snapshot) → ask it within what the deadline leaves → settle the
-//! answer by the gate's `on_failure` → seal what the engine is handed (`X-Callgate-Context`).
+//! resolve the gate (one routes snapshot) → dedup (a CallSid already decided, or being decided,
+//! gets that decision) → the breaker (an open circuit decides at once) → ask the gate within
+//! what the deadline leaves → settle the answer by the gate's `on_failure` → the gate's `mode`
+//! (shadow never blocks) → seal what the engine is handed (`X-Callgate-Context`).
 //!
 //! Nothing here speaks HTTP to Twilio or the engine, records metrics or logs: the webhook does
 //! that, from the verdict, in one place.

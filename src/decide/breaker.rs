@@ -224,7 +224,8 @@ impl Breaker {
             }
             (false, Outcome::Failed) => {
                 let failures = circuit.failures.fetch_add(1, Ordering::SeqCst) + 1;
-                if failures >= self.threshold {
+                // A late failure of a call let through before it opened changes nothing.
+                if failures >= self.threshold && circuit.state.load(Ordering::SeqCst) == CLOSED {
                     // Set before the state turns: whoever sees it open sees when it opened.
                     circuit.opened_at.store(self.clock.now_ms(), Ordering::SeqCst);
                     if circuit
@@ -372,6 +373,18 @@ mod tests {
         now.fetch_add(29_000, Ordering::SeqCst);
         assert!(b.admit(&origin).is_err());
         now.fetch_add(1_000, Ordering::SeqCst);
+        assert!(b.admit(&origin).unwrap().is_probe());
+    }
+
+    #[test]
+    fn a_late_failure_of_a_call_let_through_before_it_opened_does_not_delay_the_probe() {
+        let (b, now) = breaker(2);
+        let origin: Arc<str> = "https://gate.example:443".into();
+        let late = b.admit(&origin).unwrap();
+        fail(&b, &origin, 2);
+        now.fetch_add(20_000, Ordering::SeqCst);
+        late.report(Outcome::Failed);
+        now.fetch_add(10_000, Ordering::SeqCst);
         assert!(b.admit(&origin).unwrap().is_probe());
     }
 

@@ -39,6 +39,8 @@ EXPORTED = {
         "counter",
         {"cause": {"timeout", "connect", "status", "malformed", "overload", "circuit_open", "config"}},
     ),
+    "callgate_enrichment_dropped_total": ("counter", {"reason": {"invalid", "too_large"}}),
+    "callgate_deadline_cut_total": ("counter", {}),
     "callgate_dedup_total": ("counter", {"result": {"replayed", "joined"}}),
     "callgate_circuit_transitions_total": ("counter", {"to": {"open", "half_open", "closed"}}),
     "callgate_circuits_open": ("gauge", {}),

@@ -435,7 +435,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?}`, validated.
+/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?, "mode"?}`, validated.
 async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gate, ApiError> {
     let value = read_json(headers, body, app.settings.header_timeout).await?;
     let Value::Object(object) = &value else {
@@ -493,6 +493,7 @@ fn gate_answer(key: &str, id: &str, gate: &Gate) -> Value {
         answer["timeout_ms"] = json!(ms);
     }
     answer["on_failure"] = json!(gate.on_failure().as_str());
+    answer["mode"] = json!(gate.mode().as_str());
     answer
 }
 

@@ -211,6 +211,15 @@ pub struct ServeArgs {
     /// Durable local state: the events outbox.
     #[arg(long, env = "CALLGATE_STATE_DIR", default_value = "callgate-state")]
     pub state_dir: PathBuf,
+    /// A CallSid seen again within it gets the same decision without a second gate request; 0 turns it off.
+    #[arg(long, env = "CALLGATE_DEDUP_WINDOW", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub dedup_window: Duration,
+    /// Consecutive timeout, connect or 5xx failures of one gate origin that open its circuit; 0 turns it off.
+    #[arg(long, env = "CALLGATE_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(..=1_000_000))]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one call probes it.
+    #[arg(long, env = "CALLGATE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -353,6 +362,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// A duration where `0` means off.
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 60s, or 0 for off)"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d =
         humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 5s or 500ms)"))?;
@@ -433,6 +450,11 @@ pub struct Settings {
     /// shorten it.
     pub events_attempt_timeout: Duration,
     pub state_dir: PathBuf,
+    /// Zero: off.
+    pub dedup_window: Duration,
+    /// Zero: off.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -524,6 +546,9 @@ impl Settings {
             events_max_pending: args.events_max_pending,
             events_attempt_timeout: Duration::from_secs(10),
             state_dir: args.state_dir,
+            dedup_window: args.dedup_window,
+            breaker_failures: args.breaker_failures,
+            breaker_cooldown: args.breaker_cooldown,
         })
     }
 

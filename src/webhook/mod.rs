@@ -89,9 +89,13 @@ pub async fn handle(
 }
 
 /// Everything a decided call leaves behind, from its verdict, in one place: the metrics, the
-/// decision line (SPEC §9) and the decision record (SPEC §10).
+/// decision line (SPEC §9) and the decision record (SPEC §10). A duplicate CallSid's copy of
+/// the first decision counts only as a dedup and keeps the first record.
 fn record(app: &App, call: &Call, verdict: &Verdict) {
-    app.metrics.record_verdict(verdict);
+    match verdict.dedup {
+        Some(how) => app.metrics.record_dedup(how),
+        None => app.metrics.record_verdict(verdict),
+    }
     tracing::info!(
         target: "callgate::call",
         call_id = call.call_id,
@@ -104,8 +108,13 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         gate_ms = verdict.gate_ms().unwrap_or(0.0),
         override_agent_id = verdict.override_agent_id().unwrap_or(""),
         gate = verdict.gate_display.as_deref().unwrap_or(""),
+        dedup = verdict.dedup.map_or("", |d| d.as_str()),
+        shadow = verdict.shadow,
         "call decided"
     );
+    if verdict.dedup.is_some() {
+        return;
+    }
     if verdict.enrichment.dropped_invalid > 0 || verdict.context_too_large {
         // Names the problem, never the values (data about people).
         tracing::warn!(

@@ -273,6 +273,10 @@ impl Callgate {
         std::fs::write(&path, routes).unwrap();
         let mut settings = Settings::local(upstream, path.clone()).unwrap();
         settings.api_keys = vec![ApiKey::new("kid", "ksecret")];
+        // Tests reuse one CallSid and one dead gate across calls: the dedup window and the
+        // breaker are off unless a test turns them on (tests/resilience.rs, tests/chaos.rs).
+        settings.dedup_window = Duration::ZERO;
+        settings.breaker_failures = 0;
         tweak(&mut settings);
         let listeners = Listeners::bind(settings.listen, settings.admin_listen).await.unwrap();
         let (addr, admin) = (listeners.public_addr(), listeners.admin_addr());
@@ -463,6 +467,9 @@ impl Binary {
             .args(args)
             .env_clear()
             .env("RUST_LOG", "info")
+            // As in `Callgate::spawn_with`: on only where a test asks (a flag overrides these).
+            .env("CALLGATE_DEDUP_WINDOW", "0")
+            .env("CALLGATE_BREAKER_FAILURES", "0")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();

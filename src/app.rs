@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
+use crate::decide::context::{ContextStore, MemoryContexts};
 use crate::decide::record::DecisionLog;
 use crate::decide::Stages;
 use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
@@ -100,6 +101,8 @@ pub struct App {
     pub metrics: &'static Metrics,
     /// The last `--decision-log-size` decided calls.
     pub decisions: DecisionLog,
+    /// Caller context pushed ahead of the call (`POST /v1/context`).
+    pub contexts: Arc<dyn ContextStore>,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
     pub verifier: Option<Verifier>,
     /// `--voice-path`s and `--signed-path`s in canonical form.
@@ -135,6 +138,7 @@ impl App {
         let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
         let voice_paths = canonical(&settings.voice_paths);
         let decisions = DecisionLog::start(settings.decision_log_size);
+        let contexts = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
         let signed_paths = canonical(&settings.signed_paths);
         App {
             settings,
@@ -144,6 +148,7 @@ impl App {
             engine,
             metrics,
             decisions,
+            contexts,
             verifier,
             voice_paths,
             signed_paths,
@@ -177,7 +182,7 @@ impl App {
 
     /// What the decision core needs of the shared state.
     pub fn stages(&self) -> Stages<'_> {
-        Stages { routes: &self.routes, gate: &self.gate }
+        Stages { routes: &self.routes, gate: &self.gate, contexts: &*self.contexts }
     }
 
     /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most

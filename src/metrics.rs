@@ -8,6 +8,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::decide::context::ContextResult;
 use crate::decide::{Cause, Decision, Dropped, GateResult, Verdict};
 
 /// Why the engine could not answer.
@@ -61,6 +62,8 @@ pub struct Metrics {
     gate_failures: [Counter; Cause::ALL.len()],
     enrichment_dropped: [Counter; Dropped::ALL.len()],
     deadline_cut: Counter,
+    context: [Counter; ContextResult::ALL.len()],
+    context_entries: Gauge,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -105,6 +108,9 @@ impl Metrics {
             enrichment_dropped: Dropped::ALL
                 .map(|r| metrics::counter!("callgate_enrichment_dropped_total", "reason" => r.as_str())),
             deadline_cut: metrics::counter!("callgate_deadline_cut_total"),
+            context: ContextResult::ALL
+                .map(|r| metrics::counter!("callgate_context_total", "result" => r.as_str())),
+            context_entries: metrics::gauge!("callgate_context_entries"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -125,8 +131,13 @@ impl Metrics {
         };
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
-        for c in
-            m.inbound.iter().chain(&m.gate_failures).chain(&m.enrichment_dropped).chain(&m.upstream_errors)
+        for c in m
+            .inbound
+            .iter()
+            .chain(&m.gate_failures)
+            .chain(&m.enrichment_dropped)
+            .chain(&m.upstream_errors)
+            .chain(&m.context)
         {
             c.increment(0);
         }
@@ -140,6 +151,7 @@ impl Metrics {
         ] {
             c.increment(0);
         }
+        m.context_entries.set(0.0);
         m
     }
 
@@ -167,6 +179,19 @@ impl Metrics {
         for reason in verdict.dropped() {
             self.enrichment_dropped[reason as usize].increment(1);
         }
+        if let Some(used) = verdict.context {
+            self.record_context(used.result());
+        }
+    }
+
+    /// Pushed caller context stored, taken, waited for, missed, expired, evicted or refused.
+    pub fn record_context(&self, result: ContextResult) {
+        self.context[result as usize].increment(1);
+    }
+
+    /// Pushed contexts held now.
+    pub fn set_context_entries(&self, n: usize) {
+        self.context_entries.set(n as f64);
     }
 
     /// The engine's timeout was cut to fit `--twilio-deadline`.
@@ -235,6 +260,11 @@ fn describe() {
         "callgate_deadline_cut_total",
         "Calls whose engine timeout was cut to fit --twilio-deadline."
     );
+    describe_counter!(
+        "callgate_context_total",
+        "Pushed caller context, by result: stored, hit (there at ring time), waited (arrived during the wait), miss (a wait that ended empty), expired, evicted (over --context-max-entries), refused (a bad push)."
+    );
+    describe_gauge!("callgate_context_entries", "Pushed caller contexts held now.");
     describe_counter!(
         "callgate_gate_failures_total",
         "Gate exchanges that failed, by cause; each became a fail_open or fail_closed."

@@ -149,6 +149,12 @@ pub struct ServeArgs {
     /// Recent decisions kept for GET /v1/calls/{call_sid}.
     #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
     pub decision_log_size: u32,
+    /// How long pushed caller context waits for its call.
+    #[arg(long, env = "CALLGATE_CONTEXT_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub context_ttl: Duration,
+    /// Pushed contexts held at once; beyond it the oldest go first.
+    #[arg(long, env = "CALLGATE_CONTEXT_MAX_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub context_max_entries: u32,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -362,6 +368,8 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub twilio_deadline: Duration,
     pub decision_log_size: usize,
+    pub context_ttl: Duration,
+    pub context_max_entries: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +443,8 @@ impl Settings {
             tls_key: args.tls_key,
             twilio_deadline: args.twilio_deadline,
             decision_log_size: args.decision_log_size as usize,
+            context_ttl: args.context_ttl,
+            context_max_entries: args.context_max_entries as usize,
         })
     }
 

@@ -2,13 +2,15 @@
 //! ([`Call`]), its [`Deadline`], the typed [`Verdict`], and [`decide`], which runs the stages in
 //! order and returns the verdict:
 //!
-//! resolve the gate (one routes snapshot) → ask it within what the deadline leaves → settle the
-//! answer by the gate's `on_failure` → seal what the engine is handed (`X-Callgate-Context`).
+//! resolve the gate (one routes snapshot) → take pushed caller context, waiting for it up to the
+//! agent's `context_wait_ms` → ask the gate within what the deadline leaves → settle the answer
+//! by the gate's `on_failure` → seal what the engine is handed (`X-Callgate-Context`).
 //!
 //! Nothing here speaks HTTP to Twilio or the engine, records metrics or logs: the webhook does
 //! that, from the verdict, in one place.
 
 pub mod answer;
+pub mod context;
 pub mod record;
 pub mod verdict;
 
@@ -21,6 +23,7 @@ pub use verdict::{Cause, Decision, Dropped, Enrichment, GateResult, GateRun, Ver
 use crate::gate::{GateClient, GateRequest};
 use crate::routes::store::RouteStore;
 use crate::routes::{Gate, OnFailure, Source};
+use context::{ContextStore, Lookup};
 
 /// An inbound ringing call, as the webhook parsed it. Missing `From` and `CallSid` are `""`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,21 +63,28 @@ impl Deadline {
     }
 }
 
-/// What the stages need: the table and the gate client (and, as they come, the breaker, the
-/// dedup cache and pushed context).
+/// What the stages need: the table, the gate client and pushed context (and, as they come,
+/// the breaker and the dedup cache).
 pub struct Stages<'a> {
     pub routes: &'a RouteStore,
     pub gate: &'a GateClient,
+    pub contexts: &'a dyn ContextStore,
 }
 
 /// Decides `call`: every stage in order, each able to end the call's decision early.
 pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
-    let (gate, source, number_agent_id) = resolve(stages.routes, &call.to);
+    let (gate, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
+    let lookup = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
+    let context_use = lookup.use_();
+    let pushed_context = lookup.into_fields().map(Arc::new);
     let Some(gate) = gate else {
         let mut verdict = Verdict::without_gate(source, number_agent_id);
+        verdict.context = context_use;
+        verdict.pushed_context = pushed_context;
         verdict.seal();
         return verdict;
     };
+    // After the context wait: the gate gets what the deadline has left.
     let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
     let request = GateRequest {
         event: "call.inbound",
@@ -83,6 +93,7 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
         call_id: &call.call_id,
         agent_id: number_agent_id.as_deref(),
         test: call.test,
+        context: pushed_context.as_deref(),
     };
     let started = Instant::now();
     let answer = stages.gate.check_within(&gate, &request, limit).await;
@@ -92,16 +103,39 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
         run.elapsed = elapsed;
     }
     verdict.gate_display = Some(gate.display().into());
+    verdict.context = context_use;
+    verdict.pushed_context = pushed_context;
     verdict.seal();
     verdict
 }
 
-/// Resolves `to` in one snapshot of the table, taking out only what the call needs, so that no
-/// snapshot is held across the gate's wait.
-fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>) {
+/// The context stage (SPEC §12): the context pushed for this caller and the number's agent,
+/// taken at once or waited for up to the agent's `context_wait_ms`, cut to the deadline. A test
+/// call leaves pushed context alone; a caller that is not an E.164 number (anonymous, `sip:`)
+/// can have none pushed, so it never waits.
+async fn take_context(
+    stages: &Stages<'_>,
+    call: &Call,
+    agent_id: Option<&str>,
+    wait_ms: u32,
+    deadline: Deadline,
+) -> Lookup {
+    let Some(agent_id) = agent_id else { return Lookup::Absent };
+    if call.test || !crate::routes::is_e164(&call.from) {
+        return Lookup::Absent;
+    }
+    let (wait, _) = deadline.cap(Duration::from_millis(u64::from(wait_ms)));
+    stages.contexts.take(agent_id, &call.from, wait).await
+}
+
+/// Resolves `to` in one snapshot of the table, taking out only what the call needs (its gate,
+/// where the gate came from, the number's agent and that agent's `context_wait_ms`), so that no
+/// snapshot is held across a wait.
+fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>, u32) {
     let table = routes.load();
     let resolution = table.resolve(to);
-    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned())
+    let wait = resolution.agent_id.map_or(0, |id| table.agent_context_wait_ms(id));
+    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned(), wait)
 }
 
 /// The decision table: what a gate's answer comes to under its `on_failure`. Pure; the gate's

@@ -102,6 +102,8 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         reason = verdict.reason.as_deref().unwrap_or(""),
         gate_ms = verdict.gate_ms().unwrap_or(0.0),
         override_agent_id = verdict.override_agent_id().unwrap_or(""),
+        // hit, waited or miss only: pushed context is data about people, never logged.
+        context = verdict.context.map_or("", |c| c.as_str()),
         gate = verdict.gate_display.as_deref().unwrap_or(""),
         "call decided"
     );

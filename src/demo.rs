@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::settings::Settings;
+use crate::settings::{ApiKey, Settings};
 use crate::{Listeners, StartError};
 
 /// The demo could not start.
@@ -34,13 +34,23 @@ pub enum DemoError {
 
 /// The demo numbers: each one shows one decision.
 pub const CASES: [(&str, &str, &str); 6] = [
-    ("accept", "+15005550001", "the agent's gate says accept: forwarded to the engine"),
+    (
+        "accept",
+        "+15005550001",
+        "the agent's gate says accept: forwarded to the engine, with the caller context a CRM pushed just before",
+    ),
     ("reject", "+15005550002", "the number's own gate says reject: busy TwiML, the engine never hears of it"),
     ("fail_open", "+15005550003", "the gate is slower than its 1 s timeout: fails open, forwarded"),
     ("fail_open", "+15005550004", "the gate refuses connections: fails open, forwarded"),
     ("fail_closed", "+15005550005", "a compliance gate (on_failure: reject) is down: busy TwiML"),
     ("no_gate", "+15005550009", "a number with no gate: forwarded"),
 ];
+
+/// The demo's admin API key.
+pub const DEMO_KEY: &str = "demo:demo";
+
+/// The context the demo pushes for its accept call (seed 003's "Call Transfer with Context").
+pub const PUSH: &str = r#"{"agentId":"agent_demo","phoneNumber":"+14155550100","customer_name":"Jane","issue":"billing_error","priority":"high"}"#;
 
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
@@ -66,7 +76,7 @@ pub async fn run(
         .map_err(|e| DemoError::Bind(format!("{listen} / {admin_listen}"), e))?;
     let settings =
         Settings::local(&format!("http://{engine_addr}"), routes).expect("the demo engine URL is valid");
-    let settings = Settings { listen, admin_listen, ..settings };
+    let settings = Settings { listen, admin_listen, api_keys: vec![ApiKey::new("demo", "demo")], ..settings };
     // A demo whose stdout has gone away (a closed pipe) keeps serving.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", instructions(listeners.public_addr(), listeners.admin_addr()));
@@ -80,11 +90,19 @@ pub async fn run(
 pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
     let mut out = format!(
         "callgate demo: listening on http://{public} (admin http://{admin}); Ctrl-C stops it.\n\
-         Each command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
+         Each /twilio/voice command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
     );
     for (i, (decision, to, what)) in CASES.iter().enumerate() {
+        out.push_str(&format!("\n# {decision}: {what}\n"));
+        if i == 0 {
+            // The seed's transfer with context: pushed on the admin API, taken by the call.
+            out.push_str(&format!(
+                "curl -s http://{admin}/v1/context -H 'Authorization: Bearer {DEMO_KEY}' \
+                 -H 'Content-Type: application/json' -d '{PUSH}'\n"
+            ));
+        }
         out.push_str(&format!(
-            "\n# {decision}: {what}\ncurl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
+            "curl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
              -d CallSid=CA{:032x} --data-urlencode From=+14155550100 --data-urlencode To={to}\n",
             i + 1
         ));
@@ -131,13 +149,36 @@ async fn demo_engine(request: Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("none")
         .to_owned();
+    let context = pushed_context(request.headers());
     let twiml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>Connected by the demo voice engine. \
-         callgate decision: {decision}.</Say></Response>\n"
+         callgate decision: {decision}.{context}</Say></Response>\n"
     );
     let mut response = Response::new(Full::new(Bytes::from(twiml)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
     response
+}
+
+/// The pushed caller context in `X-Callgate-Context`, as the demo engine says it: ` Caller
+/// context: name=value, ...` (XML-escaped), or nothing.
+fn pushed_context(headers: &http::HeaderMap) -> String {
+    use base64::Engine as _;
+    let Some(header) = headers.get("x-callgate-context").and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return String::new();
+    };
+    let Ok(serde_json::Value::Object(carried)) = serde_json::from_slice(&json) else { return String::new() };
+    let Some(serde_json::Value::Object(context)) = carried.get("context") else { return String::new() };
+    let fields: Vec<String> = context
+        .iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(s) => format!("{name}={s}"),
+            other => format!("{name}={other}"),
+        })
+        .collect();
+    format!(" Caller context: {}.", quick_xml::escape::escape(fields.join(", ")))
 }
 
 /// The demo gates: `/accept`, `/reject`, and `/slow` (answers accept after 3 s).

@@ -438,3 +438,24 @@ fn check_names_a_bad_context_wait() {
     assert!(text.contains("agents.b.context_wait_ms: invalid type: string"), "{text}");
     assert!(!text.contains("agents.c"), "{text}");
 }
+
+#[test]
+fn check_warns_when_an_agents_wait_gate_and_engine_reach_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.json");
+    std::fs::write(&path, r#"{"agents": {"c": {"context_wait_ms": 1500}}}"#).unwrap();
+    let check = |deadline: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+            .args(["check", "--routes", path.to_str().unwrap(), "--twilio-deadline", deadline])
+            .env_clear()
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = check("10s");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("warning: agents.c: context_wait_ms 1.5s"), "{text}");
+    let (code, text) = check("14s");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("warning"), "{text}");
+}

@@ -10,7 +10,7 @@ pub mod store;
 pub mod watch;
 pub mod writer;
 
-pub use check::timeout_warnings;
+pub use check::{context_wait_warnings, timeout_warnings};
 
 pub use file::GateSpec;
 use gate::{check_timeout, check_url};

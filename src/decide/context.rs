@@ -106,7 +106,7 @@ pub enum Lookup {
 }
 
 impl Lookup {
-    pub fn use_(&self) -> Option<ContextUse> {
+    pub fn context_use(&self) -> Option<ContextUse> {
         match self {
             Lookup::Hit(_) => Some(ContextUse::Hit),
             Lookup::Waited(_) => Some(ContextUse::Waited),

@@ -75,7 +75,7 @@ pub struct Stages<'a> {
 pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
     let (gate, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
     let lookup = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
-    let context_use = lookup.use_();
+    let context_use = lookup.context_use();
     let pushed_context = lookup.into_fields().map(Arc::new);
     let Some(gate) = gate else {
         let mut verdict = Verdict::without_gate(source, number_agent_id);

@@ -408,6 +408,9 @@ async fn counts_and_logs_never_carry_a_pushed_value() {
         assert_eq!(cg.metric(&series(r)).await, n, "{r}");
     }
     assert_eq!(cg.metric("callgate_context_entries").await, 0.0);
+    // The 1.5 s wait was a wait on others, not callgate's own overhead.
+    let overhead = cg.metric("callgate_overhead_seconds_sum").await;
+    assert!(overhead < 0.5, "{overhead} s of overhead");
 
     let lines = cg.logs_with("call decided", 2);
     let contexts: Vec<&str> = lines.iter().map(|l| l["context"].as_str().unwrap_or("")).collect();

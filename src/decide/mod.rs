@@ -74,13 +74,16 @@ pub struct Stages<'a> {
 /// Decides `call`: every stage in order, each able to end the call's decision early.
 pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
     let (gate, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
+    let waiting = Instant::now();
     let lookup = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
+    let context_waited = waiting.elapsed();
     let context_use = lookup.context_use();
     let pushed_context = lookup.into_fields().map(Arc::new);
     let Some(gate) = gate else {
         let mut verdict = Verdict::without_gate(source, number_agent_id);
         verdict.context = context_use;
         verdict.pushed_context = pushed_context;
+        verdict.context_waited = context_waited;
         verdict.seal();
         return verdict;
     };
@@ -105,6 +108,7 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
     verdict.gate_display = Some(gate.display().into());
     verdict.context = context_use;
     verdict.pushed_context = pushed_context;
+    verdict.context_waited = context_waited;
     verdict.seal();
     verdict
 }

@@ -233,6 +233,8 @@ pub struct Verdict {
     /// The pushed context the call took: for the gate request, check placeholders and the
     /// engine. Never logged or recorded.
     pub pushed_context: Option<Arc<Fields>>,
+    /// How long the call waited for pushed context (a wait on others, not callgate's overhead).
+    pub context_waited: Duration,
 }
 
 impl Verdict {
@@ -252,6 +254,7 @@ impl Verdict {
             forward_enrichment: true,
             context: None,
             pushed_context: None,
+            context_waited: Duration::ZERO,
         }
     }
 

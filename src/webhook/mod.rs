@@ -69,7 +69,7 @@ pub async fn handle(
     let deadline = Deadline::new(arrived, app.settings.twilio_deadline);
     let verdict = decide(&app.stages(), &call, deadline).await;
     record(app, &call, &verdict);
-    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed);
+    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed) + verdict.context_waited;
     if verdict.decision.blocks() {
         return Served { response: reject_response(), waited: gate_wait };
     }

@@ -38,7 +38,11 @@ pub const DEMO_KEY: &str = "demo:demo-secret";
 
 /// The demo numbers: each one shows one decision.
 pub const CASES: [(&str, &str, &str); 7] = [
-    ("accept", "+15005550001", "the agent's gate says accept: forwarded to the engine"),
+    (
+        "accept",
+        "+15005550001",
+        "the agent's gate says accept: forwarded to the engine, with the caller context a CRM pushed just before",
+    ),
     (
         "accept",
         "+15005550006",
@@ -50,6 +54,9 @@ pub const CASES: [(&str, &str, &str); 7] = [
     ("fail_closed", "+15005550005", "a compliance gate (on_failure: reject) is down: busy TwiML"),
     ("no_gate", "+15005550009", "a number with no gate: forwarded"),
 ];
+
+/// The context the demo pushes for its accept call (seed 003's "Call Transfer with Context").
+pub const PUSH: &str = r#"{"agentId":"agent_demo","phoneNumber":"+14155550100","customer_name":"Jane","issue":"billing_error","priority":"high"}"#;
 
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
@@ -111,11 +118,19 @@ async fn probe_demo_gates(gates: SocketAddr, dead: SocketAddr) {
 pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
     let mut out = format!(
         "callgate demo: listening on http://{public} (admin http://{admin}); Ctrl-C stops it.\n\
-         Each command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
+         Each /twilio/voice command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
     );
     for (i, (decision, to, what)) in CASES.iter().enumerate() {
+        out.push_str(&format!("\n# {decision}: {what}\n"));
+        if i == 0 {
+            // The seed's transfer with context: pushed on the admin API, taken by the call.
+            out.push_str(&format!(
+                "curl -s http://{admin}/v1/context -H 'Authorization: Bearer {DEMO_KEY}' \
+                 -H 'Content-Type: application/json' -d '{PUSH}'\n"
+            ));
+        }
         out.push_str(&format!(
-            "\n# {decision}: {what}\ncurl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
+            "curl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
              -d CallSid=CA{:032x} --data-urlencode From=+14155550100 --data-urlencode To={to}\n",
             i + 1
         ));
@@ -179,6 +194,7 @@ async fn demo_engine(request: Request<Incoming>) -> Response<Full<Bytes>> {
         let escaped = quick_xml::escape::escape(text.as_ref());
         said.push_str(&format!(" Context: {escaped}."));
     }
+    said.push_str(&pushed_context(request.headers()));
     let twiml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>Connected by the demo voice engine. \
          {said}</Say></Response>\n"
@@ -186,6 +202,28 @@ async fn demo_engine(request: Request<Incoming>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(twiml)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
     response
+}
+
+/// The pushed caller context in `X-Callgate-Context`, as the demo engine says it: ` Caller
+/// context: name=value, ...` (XML-escaped), or nothing.
+fn pushed_context(headers: &http::HeaderMap) -> String {
+    use base64::Engine as _;
+    let Some(header) = headers.get("x-callgate-context").and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return String::new();
+    };
+    let Ok(serde_json::Value::Object(carried)) = serde_json::from_slice(&json) else { return String::new() };
+    let Some(serde_json::Value::Object(context)) = carried.get("context") else { return String::new() };
+    let fields: Vec<String> = context
+        .iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(s) => format!("{name}={s}"),
+            other => format!("{name}={other}"),
+        })
+        .collect();
+    format!(" Caller context: {}.", quick_xml::escape::escape(fields.join(", ")))
 }
 
 /// The demo gates: `/accept`, `/reject`, and `/slow` (answers accept after 3 s).

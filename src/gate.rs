@@ -65,6 +65,9 @@ pub struct GateRequest<'a> {
     /// A test call (`POST /v1/test-call`): the gate may answer it without acting on it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub test: bool,
+    /// Caller context pushed for this call (SPEC §12); a check chain reads its placeholders here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A gate's answer and the HTTP status it came with (`None` when no answer head arrived).

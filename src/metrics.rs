@@ -9,6 +9,7 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::decide::breaker::CircuitState;
+use crate::decide::context::ContextResult;
 use crate::decide::{Cause, Decision, DedupResult, Dropped, GateResult, Verdict};
 
 /// Why the engine could not answer.
@@ -109,6 +110,8 @@ pub struct Metrics {
     circuit_transitions: [Counter; CircuitState::ALL.len()],
     circuits_open: Gauge,
     shadow_calls: Counter,
+    context: [Counter; ContextResult::ALL.len()],
+    context_entries: Gauge,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -164,6 +167,9 @@ impl Metrics {
                 .map(|to| metrics::counter!("callgate_circuit_transitions_total", "to" => to.as_str())),
             circuits_open: metrics::gauge!("callgate_circuits_open"),
             shadow_calls: metrics::counter!("callgate_shadow_calls_total"),
+            context: ContextResult::ALL
+                .map(|r| metrics::counter!("callgate_context_total", "result" => r.as_str())),
+            context_entries: metrics::gauge!("callgate_context_entries"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -203,6 +209,7 @@ impl Metrics {
             .chain(&m.events_dropped)
             .chain(&m.dedup)
             .chain(&m.circuit_transitions)
+            .chain(&m.context)
         {
             c.increment(0);
         }
@@ -219,6 +226,7 @@ impl Metrics {
             c.increment(0);
         }
         m.circuits_open.set(0.0);
+        m.context_entries.set(0.0);
         m
     }
 
@@ -249,6 +257,9 @@ impl Metrics {
         if verdict.shadow {
             self.shadow_calls.increment(1);
         }
+        if let Some(used) = verdict.context {
+            self.record_context(used.result());
+        }
     }
 
     /// A duplicate CallSid given the first decision (not counted as a decision of its own).
@@ -261,6 +272,16 @@ impl Metrics {
         let i = CircuitState::ALL.iter().position(|s| *s == to).expect("every state is listed");
         self.circuit_transitions[i].increment(1);
         self.circuits_open.set(open as f64);
+    }
+
+    /// Pushed caller context stored, taken, waited for, missed, expired, evicted or refused.
+    pub fn record_context(&self, result: ContextResult) {
+        self.context[result as usize].increment(1);
+    }
+
+    /// Pushed contexts held now.
+    pub fn set_context_entries(&self, n: usize) {
+        self.context_entries.set(n as f64);
     }
 
     /// The engine's timeout was cut to fit `--twilio-deadline`.
@@ -349,6 +370,11 @@ fn describe() {
         "callgate_deadline_cut_total",
         "Calls whose engine timeout was cut to fit --twilio-deadline."
     );
+    describe_counter!(
+        "callgate_context_total",
+        "Pushed caller context, by result: stored, hit (there at ring time), waited (arrived during the wait), miss (a wait that ended empty), expired, evicted (over --context-max-entries), refused (a bad push)."
+    );
+    describe_gauge!("callgate_context_entries", "Pushed caller contexts held now.");
     describe_counter!(
         "callgate_gate_failures_total",
         "Gate exchanges that failed, by cause; each became a fail_open or fail_closed."

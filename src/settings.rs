@@ -81,6 +81,9 @@ pub struct CheckArgs {
     /// Engine timeout, added to each gate's timeout for the 15 s warning.
     #[arg(long, env = "CALLGATE_UPSTREAM_TIMEOUT", default_value = "9s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// The Twilio deadline, for the context-wait warning.
+    #[arg(long, env = "CALLGATE_TWILIO_DEADLINE", default_value = "14s", value_parser = parse_duration)]
+    pub twilio_deadline: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +223,12 @@ pub struct ServeArgs {
     /// How long an open circuit stays open before one call probes it.
     #[arg(long, env = "CALLGATE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
     pub breaker_cooldown: Duration,
+    /// How long pushed caller context waits for its call.
+    #[arg(long, env = "CALLGATE_CONTEXT_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub context_ttl: Duration,
+    /// Pushed contexts held at once; beyond it the oldest go first.
+    #[arg(long, env = "CALLGATE_CONTEXT_MAX_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub context_max_entries: u32,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -455,6 +464,8 @@ pub struct Settings {
     /// Zero: off.
     pub breaker_failures: u32,
     pub breaker_cooldown: Duration,
+    pub context_ttl: Duration,
+    pub context_max_entries: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -549,6 +560,8 @@ impl Settings {
             dedup_window: args.dedup_window,
             breaker_failures: args.breaker_failures,
             breaker_cooldown: args.breaker_cooldown,
+            context_ttl: args.context_ttl,
+            context_max_entries: args.context_max_entries as usize,
         })
     }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::shape::{Fields, Name, Object, Scalar};
 use super::{
     validate_agent_id, Agent, Gate, GateError, Mode, NumberEntry, NumberKey, OnFailure, RouteTable,
-    RoutesError, ValidateOptions, NOT_AGENT_ID, NOT_E164,
+    RoutesError, ValidateOptions, BAD_CONTEXT_WAIT, MAX_CONTEXT_WAIT_MS, NOT_AGENT_ID, NOT_E164,
 };
 
 /// A gate as written in the routes file (and in an admin API body), before validation. It
@@ -277,12 +277,12 @@ impl<'de> Fields<'de> for AgentsFields<'_, '_> {
             if !valid {
                 l.problem(format_args!("{at}: {NOT_AGENT_ID}"));
             }
-            let AgentFields { gate, .. } =
-                map.next_value_seed(Object(AgentFields { l: &mut *l, at, gate: None, seen_gate: false }))?;
+            let fields = AgentFields { l: &mut *l, at, gate: None, context_wait_ms: 0, seen: [false; 2] };
+            let AgentFields { gate, context_wait_ms, .. } = map.next_value_seed(Object(fields))?;
             let gate = gate.and_then(|spec| l.gate(spec, at));
             if valid {
                 let id = l.intern(&key);
-                l.agents.insert(id, Agent { gate });
+                l.agents.insert(id, Agent { gate, context_wait_ms });
             }
         }
         Ok(())
@@ -295,26 +295,49 @@ impl<'de> Fields<'de> for AgentsFields<'_, '_> {
     }
 }
 
-/// One agent: `{"gate": ...}`.
+/// One agent: `{"gate": ..., "context_wait_ms": ...}`.
 struct AgentFields<'l, 'o, 'k, 'de> {
     l: &'l mut Loader<'o>,
     at: Entry<'k>,
     gate: Option<GateSpec<'de>>,
-    seen_gate: bool,
+    context_wait_ms: u32,
+    /// `gate`, `context_wait_ms`.
+    seen: [bool; 2],
 }
 
 impl<'de> Fields<'de> for AgentFields<'_, '_, '_, 'de> {
     fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
         let at = self.at;
         while let Some(Str(field)) = map.next_key::<Str<'de>>()? {
-            if field != "gate" {
-                self.l.problem(format_args!("{at}: unknown field {}, expected `gate`", Name(&field)));
+            let Some(i) = ["gate", "context_wait_ms"].iter().position(|f| *f == field) else {
+                let name = Name(&field);
+                self.l.problem(format_args!(
+                    "{at}: unknown field {name}, expected `gate` or `context_wait_ms`"
+                ));
                 map.next_value::<IgnoredAny>()?;
-            } else if std::mem::replace(&mut self.seen_gate, true) {
-                self.l.problem(format_args!("{at}: duplicate field `gate`"));
+                continue;
+            };
+            if std::mem::replace(&mut self.seen[i], true) {
+                self.l.problem(format_args!("{at}: duplicate field `{field}`"));
                 map.next_value::<IgnoredAny>()?;
-            } else {
+            } else if i == 0 {
                 self.gate = map.next_value_seed(Object(GateFields::new(&mut *self.l, at)))?.spec();
+            } else {
+                match map.next_value::<Scalar<'de>>()? {
+                    Scalar::Int(ms) if ms <= u64::from(MAX_CONTEXT_WAIT_MS) => {
+                        self.context_wait_ms = ms as u32
+                    }
+                    Scalar::Int(ms) => {
+                        self.l.problem(format_args!("{at}.context_wait_ms: {BAD_CONTEXT_WAIT} (got {ms})"))
+                    }
+                    Scalar::Null => {}
+                    other => {
+                        let kind = other.kind();
+                        self.l.problem(format_args!(
+                            "{at}.context_wait_ms: invalid type: {kind}, expected an integer (0 to 5000)"
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -600,9 +623,13 @@ impl Serialize for SortedNumbers<'_> {
 
 impl Serialize for Agent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(usize::from(self.gate.is_some())))?;
+        let len = usize::from(self.gate.is_some()) + usize::from(self.context_wait_ms > 0);
+        let mut map = s.serialize_map(Some(len))?;
         if let Some(gate) = &self.gate {
             map.serialize_entry("gate", &**gate)?;
+        }
+        if self.context_wait_ms > 0 {
+            map.serialize_entry("context_wait_ms", &self.context_wait_ms)?;
         }
         map.end()
     }
@@ -758,7 +785,10 @@ mod tests {
                 r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout": 5}}}}"#,
                 "agents.a.gate: unknown field `timeout`, expected `url`, `timeout_ms`, `on_failure` or `mode`",
             ),
-            (r#"{"agents": {"a": {"gates": {}}}}"#, "agents.a: unknown field `gates`, expected `gate`"),
+            (
+                r#"{"agents": {"a": {"gates": {}}}}"#,
+                "agents.a: unknown field `gates`, expected `gate` or `context_wait_ms`",
+            ),
             (
                 r#"{"numbers": {"+447700900123": {"agent": "a"}}}"#,
                 "numbers.\"+447700900123\": unknown field `agent`, expected `agent_id` or `gate`",
@@ -1014,6 +1044,37 @@ mod tests {
         assert_eq!(text, want);
         assert_eq!(RouteTable::parse(text.as_bytes(), &STRICT).unwrap(), t);
         assert_eq!(RouteTable::empty().to_json(), serde_json::json!({"agents": {}, "numbers": {}}));
+    }
+
+    #[test]
+    fn context_wait_is_checked_and_round_trips() {
+        let json = r#"{"agents": {"a": {"context_wait_ms": 1500}, "b": {"context_wait_ms": 0}}}"#;
+        let t = RouteTable::parse(json.as_bytes(), &STRICT).unwrap();
+        assert_eq!((t.agent_context_wait_ms("a"), t.agent_context_wait_ms("b")), (1500, 0));
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(text, r#"{"agents":{"a":{"context_wait_ms":1500},"b":{}},"numbers":{}}"#);
+        assert_eq!(RouteTable::parse(text.as_bytes(), &STRICT).unwrap(), t);
+        let cases = [
+            (
+                r#"{"agents": {"a": {"context_wait_ms": 5001}}}"#,
+                "agents.a.context_wait_ms: must be 0 to 5000 (got 5001)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": -1}}}"#,
+                "agents.a.context_wait_ms: invalid type: negative integer, expected an integer (0 to 5000)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": "1500"}}}"#,
+                "agents.a.context_wait_ms: invalid type: string, expected an integer (0 to 5000)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": 1, "context_wait_ms": 2}}}"#,
+                "agents.a: duplicate field `context_wait_ms`",
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(problem(json), want);
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub async fn handle(
     let deadline = Deadline::new(arrived, app.settings.twilio_deadline);
     let verdict = decide(&app.stages(), &call, deadline).await;
     record(app, &call, &verdict);
-    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed);
+    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed) + verdict.context_waited;
     if verdict.decision.blocks() {
         return Served { response: reject_response(), waited: gate_wait };
     }
@@ -107,6 +107,8 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         reason = verdict.reason.as_deref().unwrap_or(""),
         gate_ms = verdict.gate_ms().unwrap_or(0.0),
         override_agent_id = verdict.override_agent_id().unwrap_or(""),
+        // hit, waited or miss only: pushed context is data about people, never logged.
+        context = verdict.context.map_or("", |c| c.as_str()),
         gate = verdict.gate_display.as_deref().unwrap_or(""),
         dedup = verdict.dedup.map_or("", |d| d.as_str()),
         shadow = verdict.shadow,

@@ -107,6 +107,7 @@ impl App {
         let engine = Engine::new(
             settings.upstream.clone(),
             settings.upstream_timeout,
+            settings.idle_timeout,
             streams.clone(),
             settings.workers,
         );

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Timestamps are milliseconds since the connection opened, plus one (0 means "none").
 pub struct Activity {
@@ -62,6 +63,11 @@ impl Activity {
         self.last.store(self.now(), Ordering::Relaxed);
     }
 
+    /// How long since the last byte either way (or since the connection opened).
+    pub fn quiet(&self) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+
     /// A complete request head reached the service; the request counts as in flight until the
     /// returned guard drops (its response head went out, or the stream was reset).
     pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
@@ -97,15 +103,18 @@ impl Drop for InFlight {
     }
 }
 
-/// An I/O stream that reports its reads and writes to an [`Activity`].
+/// An I/O stream that reports its reads and writes to an [`Activity`], and holds its
+/// listener's connection permit for as long as the socket lives: through an upgrade, the
+/// stream moves into the relay and the permit with it.
 pub struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<I> Tracked<I> {
-    pub fn new(inner: I, activity: Arc<Activity>) -> Tracked<I> {
-        Tracked { inner, activity }
+    pub fn new(inner: I, activity: Arc<Activity>, permit: Option<OwnedSemaphorePermit>) -> Tracked<I> {
+        Tracked { inner, activity, _permit: permit }
     }
 }
 

@@ -4,12 +4,13 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 
+use crate::conn::{Activity, Tracked};
 use crate::metrics::UpstreamCause;
 use crate::settings::Upstream;
 use crate::workers::PerWorker;
@@ -58,6 +60,8 @@ pub enum EngineError {
     Timeout(Duration),
     #[error("the voice engine broke the exchange")]
     Protocol(#[source] hyper_util::client::legacy::Error),
+    #[error("the voice engine switched protocols on a request that did not ask to")]
+    UnaskedUpgrade,
     #[error("the request body is larger than {MAX_STREAMED_BODY} bytes")]
     BodyTooLarge,
 }
@@ -68,7 +72,7 @@ impl EngineError {
         match self {
             EngineError::Connect(_) => Some(UpstreamCause::Connect),
             EngineError::Timeout(_) => Some(UpstreamCause::Timeout),
-            EngineError::Protocol(_) => Some(UpstreamCause::Protocol),
+            EngineError::Protocol(_) | EngineError::UnaskedUpgrade => Some(UpstreamCause::Protocol),
             EngineError::BodyTooLarge => None,
         }
     }
@@ -88,12 +92,20 @@ pub struct Engine {
     client: PerWorker<Client<HttpConnector, EngineBody>>,
     upstream: Upstream,
     timeout: Duration,
+    /// A relay with no byte either way for this long is closed (`--idle-timeout`).
+    idle_timeout: Duration,
     /// Upgraded streams (WebSockets) in flight, for the graceful drain.
     streams: TaskTracker,
 }
 
 impl Engine {
-    pub fn new(upstream: Upstream, timeout: Duration, streams: TaskTracker, workers: usize) -> Engine {
+    pub fn new(
+        upstream: Upstream,
+        timeout: Duration,
+        idle_timeout: Duration,
+        streams: TaskTracker,
+        workers: usize,
+    ) -> Engine {
         let client = PerWorker::new(workers, || {
             let mut http = HttpConnector::new();
             http.set_nodelay(true);
@@ -104,7 +116,7 @@ impl Engine {
                 .pool_max_idle_per_host(1024)
                 .build(http)
         });
-        Engine { client, upstream, timeout, streams }
+        Engine { client, upstream, timeout, idle_timeout, streams }
     }
 
     /// Sends `request` (already cleaned by [`prepare`]) and returns the engine's response head,
@@ -123,10 +135,11 @@ impl Engine {
             Ok(Ok(r)) => r,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let engine_upgrade = hyper::upgrade::on(&mut response);
-                self.streams.spawn(relay(client_upgrade, engine_upgrade));
-            }
+            // A 101 is passed on only as the answer to the WebSocket upgrade the client asked
+            // for; any other would hand the client's connection to a protocol nobody checked.
+            let Some(client_upgrade) = client_upgrade else { return Err(EngineError::UnaskedUpgrade) };
+            let engine_upgrade = hyper::upgrade::on(&mut response);
+            self.streams.spawn(relay(client_upgrade, engine_upgrade, self.idle_timeout));
         } else {
             strip_hop_by_hop(response.headers_mut(), false);
         }
@@ -141,7 +154,7 @@ impl Engine {
         *request.version_mut() = http::Version::HTTP_11;
         let uri = self.upstream_uri(request.uri());
         *request.uri_mut() = uri;
-        let upgrade = is_upgrade(request.headers());
+        let upgrade = is_upgrade(request);
         let headers = request.headers_mut();
         strip_hop_by_hop(headers, upgrade);
         // The body we send sets the framing; a received length is never passed on as it came.
@@ -167,9 +180,18 @@ impl Engine {
     }
 }
 
-/// A WebSocket (or any HTTP/1.1 upgrade) request: `Connection: upgrade` plus `Upgrade`.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// A WebSocket upgrade: a GET with `Connection: upgrade` and `Upgrade: websocket` alone. Any
+/// other upgrade (`h2c` above all, which would open an HTTP/2 connection past every limit
+/// callgate keeps) or an upgrade on another method is forwarded as a plain request, its
+/// `Upgrade` removed.
+pub fn is_upgrade<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let websocket =
+        upgrades.next().is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+            && upgrades.next().is_none();
+    request.method() == Method::GET
+        && websocket
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -260,8 +282,9 @@ fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 /// Copies bytes both ways between the client's and the engine's upgraded connections until
-/// either side closes.
-async fn relay(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgrade) {
+/// either side closes, or no byte has gone either way for `idle_timeout` (Twilio Media Streams
+/// send media every 20 ms: a silent stream is dead).
+async fn relay(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgrade, idle_timeout: Duration) {
     let (client, engine) = match tokio::try_join!(client, engine) {
         Ok(pair) => pair,
         Err(e) => {
@@ -269,10 +292,28 @@ async fn relay(client: hyper::upgrade::OnUpgrade, engine: hyper::upgrade::OnUpgr
             return;
         }
     };
-    let mut client = TokioIo::new(client);
+    // Every byte relayed is read from or written to the client's side.
+    let activity = Activity::new();
+    let mut client = Tracked::new(TokioIo::new(client), Arc::clone(&activity), None);
     let mut engine = TokioIo::new(engine);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut engine).await {
-        tracing::debug!(error = %e, "upgraded stream ended with an error");
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut engine);
+    tokio::pin!(copy);
+    let mut watchdog =
+        tokio::time::interval((idle_timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            copied = copy.as_mut() => {
+                if let Err(e) = copied {
+                    tracing::debug!(error = %e, "upgraded stream ended with an error");
+                }
+                return;
+            }
+            _ = watchdog.tick() => if activity.quiet() > idle_timeout {
+                // Dropping both ends closes both sockets (and frees the client's permit).
+                tracing::debug!(?idle_timeout, "upgraded stream silent for the idle timeout; closing");
+                return;
+            },
+        }
     }
 }
 

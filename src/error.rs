@@ -47,6 +47,7 @@ impl RequestError {
             RequestError::Signature(_) => StatusCode::FORBIDDEN,
             RequestError::Engine(EngineError::Connect(_)) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Protocol(_)) => StatusCode::BAD_GATEWAY,
+            RequestError::Engine(EngineError::UnaskedUpgrade) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Engine(EngineError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         };

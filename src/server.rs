@@ -224,7 +224,9 @@ async fn accept_loop<M, S, F>(
         let (builder, stopped, limits) = (builder.clone(), stopped.clone(), limits.clone());
         connections.spawn(async move {
             let activity = Activity::new();
-            let stream = Tracked::new(stream, Arc::clone(&activity));
+            // The permit lives with the socket: an upgraded connection keeps it until its
+            // relay ends.
+            let stream = Tracked::new(stream, Arc::clone(&activity), Some(permit));
             match &limits.tls {
                 None => {
                     serve_connection(TokioIo::new(stream), activity, &limits, builder, service, stopped).await
@@ -242,7 +244,6 @@ async fn accept_loop<M, S, F>(
                     }
                 }
             }
-            drop(permit);
         });
     }
 }

@@ -283,3 +283,158 @@ async fn refused_signature_lines_are_rate_limited_with_a_count_of_those_left_out
     assert_eq!(lines.len() as u64 + left_out, flood as u64 + 1, "every refusal logged or counted");
     assert_eq!(engine.count(), 0);
 }
+
+// Item 1: WebSocket relays hold their connection's permit, die when silent, and only
+// `websocket` upgrades on GET are relayed.
+
+async fn ws_connect(addr: std::net::SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/twilio/media?CallSid=CA1");
+    let (ws, response) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn websocket_relays_hold_their_connection_permit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let engine = ws_echo("").await;
+    let cg = Callgate::spawn_with("{}", &format!("http://{engine}"), |s| s.max_connections = 50).await;
+    let upgraded = Arc::new(AtomicUsize::new(0));
+    let (release, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let (addr, upgraded, mut released) = (cg.addr, Arc::clone(&upgraded), release.subscribe());
+        clients.push(tokio::spawn(async move {
+            let ws = ws_connect(addr).await;
+            upgraded.fetch_add(1, Ordering::SeqCst);
+            let _ = released.recv().await;
+            drop(ws);
+        }));
+    }
+    eventually(Duration::from_secs(10), || async { upgraded.load(Ordering::SeqCst) >= 50 }).await;
+    // The rest wait in the kernel's queue for as long as the relays live.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(upgraded.load(Ordering::SeqCst), 50, "relays beyond --max-connections");
+    // Once relays end, their permits go to the connections waiting.
+    let _ = release.send(());
+    eventually(Duration::from_secs(20), || async { upgraded.load(Ordering::SeqCst) == 200 }).await;
+    let _ = release.send(());
+    for client in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(10), client).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_relay_is_closed_at_the_idle_timeout_and_a_busy_one_is_not() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let engine = ws_echo("").await;
+    let cg = Callgate::spawn_with("{}", &format!("http://{engine}"), |s| {
+        s.idle_timeout = Duration::from_millis(600);
+    })
+    .await;
+
+    // Media every 100 ms for twice the idle timeout: kept.
+    let mut busy = ws_connect(cg.addr).await;
+    for i in 0..12 {
+        busy.send(Message::Text(format!("media {i}"))).await.unwrap();
+        assert_eq!(busy.next().await.unwrap().unwrap(), Message::Text(format!("media {i}")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Silent: closed once the idle timeout passes.
+    let mut silent = ws_connect(cg.addr).await;
+    silent.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(silent.next().await.unwrap().unwrap(), Message::Text("hello".into()));
+    let quiet_from = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match silent.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a silent relay is never closed");
+    let quiet = quiet_from.elapsed();
+    assert!(quiet >= Duration::from_millis(500), "closed after {quiet:?}, before the idle timeout");
+}
+
+/// An engine that answers 101 to whatever asks to upgrade (or to everything, with `always`)
+/// and 200 otherwise; it records each request head.
+async fn upgrading_engine(
+    always: bool,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let upgrade = always || head.contains("\r\nupgrade:");
+                seen.lock().unwrap().push(head);
+                let answer: &[u8] = if upgrade {
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                };
+                let _ = stream.write_all(answer).await;
+                // Hold the connection a while, as an upgraded one would be.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn only_websocket_upgrades_on_get_are_relayed() {
+    let (engine, heads) = upgrading_engine(false).await;
+    let cg = Callgate::spawn("{}", &format!("http://{engine}")).await;
+    let ws = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    for (method, upgrade) in [
+        ("GET", "h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"),
+        ("OPTIONS", "h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"),
+        ("GET", "websocket, h2c"),
+        ("GET", "TLS/1.0"),
+        ("POST", "websocket"),
+    ] {
+        let raw = format!(
+            "{method} /media HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: {upgrade}\r\n{ws}Content-Length: 0\r\n\r\n"
+        );
+        let mut stream = TcpStream::connect(cg.addr).await.unwrap();
+        stream.write_all(raw.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(!answer.starts_with("HTTP/1.1 101"), "{method} Upgrade: {upgrade}: {answer}");
+    }
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 5);
+    for head in heads {
+        assert!(!head.contains("\r\nupgrade:"), "an Upgrade other than websocket on GET went on: {head}");
+    }
+}
+
+#[tokio::test]
+async fn an_engine_101_to_a_request_that_did_not_ask_is_never_passed_on() {
+    let (engine, _) = upgrading_engine(true).await;
+    let cg = Callgate::spawn("{}", &format!("http://{engine}")).await;
+    let answer = exchange(cg.addr, b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+}

@@ -51,16 +51,33 @@ impl Activity {
     }
 
     fn read(&self) {
+        // On HTTP/2, bytes are frames (PING, SETTINGS, WINDOW_UPDATE) a client can send for
+        // ever without asking anything: only requests count as activity.
+        if self.h2.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.now();
         self.last.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.h2.load(Ordering::Relaxed) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
             // Bytes with no request in flight start the next head, if not already started.
             let _ = self.head_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
     fn wrote(&self) {
+        if !self.h2.load(Ordering::Relaxed) {
+            self.touch();
+        }
+    }
+
+    fn touch(&self) {
         self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// The connection speaks HTTP/2 (ALPN said so, or a request came in on it): from now on
+    /// only requests keep it from being idle.
+    pub fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
     }
 
     /// How long since the last byte either way (or since the connection opened).
@@ -73,8 +90,9 @@ impl Activity {
     pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
+        self.touch();
         if h2 {
-            self.h2.store(true, Ordering::Relaxed);
+            self.set_h2();
         }
         InFlight(Arc::clone(self))
     }
@@ -99,7 +117,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.wrote();
+        self.0.touch();
     }
 }
 

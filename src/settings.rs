@@ -90,6 +90,9 @@ pub struct ServeArgs {
     /// Accept http:// gate URLs (local gates, tests).
     #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_gates: bool,
+    /// Serve cleartext HTTP/2 with prior knowledge on --listen (without TLS, HTTP/1.1 only).
+    #[arg(long, env = "CALLGATE_ALLOW_H2C", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_h2c: bool,
     /// To receive a request head (and a TLS handshake).
     #[arg(long, env = "CALLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
@@ -288,6 +291,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub gate_max_pending: u32,
     pub allow_insecure_gates: bool,
+    /// Cleartext HTTP/2 with prior knowledge on the listeners (`--allow-h2c`).
+    pub allow_h2c: bool,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
@@ -360,6 +365,7 @@ impl Settings {
             upstream_timeout: args.upstream_timeout,
             gate_max_pending: args.gate_max_pending,
             allow_insecure_gates: args.allow_insecure_gates,
+            allow_h2c: args.allow_h2c,
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,

@@ -438,3 +438,128 @@ async fn an_engine_101_to_a_request_that_did_not_ask_is_never_passed_on() {
     let answer = exchange(cg.addr, b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 }
+
+// Item 2: HTTP/2 on the public listener.
+
+/// An HTTP/2 connection over `io` sending a PING every 100 ms, idle or not. Returns the
+/// request sender and the connection task, which ends when the server closes the connection.
+async fn h2_pinging<I>(
+    io: I,
+) -> Result<
+    (
+        hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    hyper::Error,
+>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .handshake(hyper_util::rt::TokioIo::new(io))
+        .await?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((send, task))
+}
+
+async fn h2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    url: &str,
+) -> Result<http::StatusCode, hyper::Error> {
+    send.ready().await?;
+    let request = http::Request::get(url).body(http_body_util::Empty::new()).unwrap();
+    Ok(send.send_request(request).await?.status())
+}
+
+#[tokio::test]
+async fn prior_knowledge_http2_is_refused_on_cleartext_unless_allowed() {
+    let engine = Stub::start(Reply::json("ok")).await;
+    let cg = Callgate::spawn("{}", &engine.url("")).await;
+    let tcp = TcpStream::connect(cg.addr).await.unwrap();
+    let refused = match h2_pinging(tcp).await {
+        Err(_) => true,
+        Ok((mut send, _task)) => {
+            tokio::time::timeout(Duration::from_secs(5), h2_get(&mut send, &cg.url("/status")))
+                .await
+                .unwrap()
+                .is_err()
+        }
+    };
+    assert!(refused, "cleartext HTTP/2 with prior knowledge was served");
+    assert_eq!(engine.count(), 0);
+
+    let cg = Callgate::spawn_with("{}", &engine.url(""), |s| s.allow_h2c = true).await;
+    let (mut send, _task) = h2_pinging(TcpStream::connect(cg.addr).await.unwrap()).await.unwrap();
+    assert_eq!(h2_get(&mut send, &cg.url("/status")).await.unwrap(), 200);
+}
+
+/// callgate serving HTTPS with a fresh certificate, and a client config trusting it (ALPN h2).
+async fn over_tls(
+    engine: &Stub,
+    tweak: impl FnOnce(&mut callgate::settings::Settings),
+) -> (Callgate, std::sync::Arc<rustls::ClientConfig>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let cg = Callgate::spawn_with("{}", &engine.url(""), |s| {
+        s.tls_cert = Some(cert_path);
+        s.tls_key = Some(key_path);
+        tweak(s);
+    })
+    .await;
+    std::mem::forget(dir);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(callgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (cg, std::sync::Arc::new(config))
+}
+
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_http2_connection_sending_only_pings_is_closed_at_the_idle_timeout() {
+    let engine = Stub::start(Reply::json("ok")).await;
+    let (cg, config) = over_tls(&engine, |s| s.idle_timeout = Duration::from_millis(700)).await;
+    let url = format!("https://localhost:{}/status", cg.addr.port());
+
+    // One request, then nothing but PINGs.
+    let tls = tls_connect(cg.addr, config.clone()).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, task) = h2_pinging(tls).await.unwrap();
+    assert_eq!(h2_get(&mut send, &url).await.unwrap(), 200);
+    let quiet_from = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("PINGs kept the connection open")
+        .unwrap();
+    assert!(quiet_from.elapsed() >= Duration::from_millis(600), "closed after {:?}", quiet_from.elapsed());
+
+    // No request at all: closed at the idle timeout too, well before the header timeout.
+    let (_send, task) = h2_pinging(tls_connect(cg.addr, config).await).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("a request-less connection kept open")
+        .unwrap();
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
-use http_body_util::{Either, Limited};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
@@ -188,7 +188,8 @@ impl App {
         if body::declared_length(request.headers()).is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
             return Err(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
         }
-        let mut request = request.map(|b| Either::Right(Limited::new(b, MAX_STREAMED_BODY)));
+        let within = self.settings.header_timeout;
+        let mut request = request.map(|b| Either::Right(body::ClientBody::new(b, MAX_STREAMED_BODY, within)));
         self.engine.prepare(&mut request, peer);
         self.send(request, waits).await
     }
@@ -204,10 +205,13 @@ impl App {
         match result {
             Ok(response) => Ok(response.map(Either::Right)),
             Err(e) => {
-                if let Some(cause) = e.cause() {
-                    self.metrics.record_upstream_error(cause);
+                match e.cause() {
+                    Some(cause) => {
+                        self.metrics.record_upstream_error(cause);
+                        tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
+                    }
+                    None => tracing::debug!(error = %e, "request refused or broken off by the client"),
                 }
-                tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
                 Err(e.into())
             }
         }

@@ -11,13 +11,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 
+use crate::body::{ClientBody, ClientFault};
 use crate::conn::{Activity, Tracked};
 use crate::metrics::UpstreamCause;
 use crate::settings::Upstream;
@@ -25,7 +26,7 @@ use crate::workers::PerWorker;
 
 /// A request body on its way to the engine: buffered (voice and signed paths) or streamed with
 /// a size cap (everything else).
-pub type EngineBody = Either<Full<Bytes>, Limited<Incoming>>;
+pub type EngineBody = Either<Full<Bytes>, ClientBody>;
 
 /// Largest body streamed through on paths that are not voice or signed paths.
 pub const MAX_STREAMED_BODY: usize = 10 * 1024 * 1024;
@@ -64,6 +65,9 @@ pub enum EngineError {
     UnaskedUpgrade,
     #[error("the request body is larger than {MAX_STREAMED_BODY} bytes")]
     BodyTooLarge,
+    /// The client stalled or broke off its streamed body: its fault, not the engine's.
+    #[error(transparent)]
+    Client(ClientFault),
 }
 
 impl EngineError {
@@ -73,7 +77,7 @@ impl EngineError {
             EngineError::Connect(_) => Some(UpstreamCause::Connect),
             EngineError::Timeout(_) => Some(UpstreamCause::Timeout),
             EngineError::Protocol(_) | EngineError::UnaskedUpgrade => Some(UpstreamCause::Protocol),
-            EngineError::BodyTooLarge => None,
+            EngineError::BodyTooLarge | EngineError::Client(_) => None,
         }
     }
 }
@@ -126,11 +130,28 @@ impl Engine {
         // `prepare` kept `Upgrade` only on an upgrade request.
         let client_upgrade =
             request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
-        let sent = tokio::time::timeout(self.timeout, self.client.get().request(request)).await;
+        // A streamed body is the client's to deliver (within its own deadline); the engine's
+        // time starts once it has the whole request.
+        let body_finished = match request.body() {
+            Either::Right(body) => Some(body.finished()),
+            Either::Left(_) => None,
+        };
+        let sent = self.client.get().request(request);
+        tokio::pin!(sent);
+        let sent = match body_finished {
+            None => tokio::time::timeout(self.timeout, sent).await,
+            Some(body_finished) => tokio::select! {
+                sent = sent.as_mut() => Ok(sent),
+                _ = body_finished => tokio::time::timeout(self.timeout, sent).await,
+            },
+        };
         let mut response = match sent {
             Err(_) => return Err(EngineError::Timeout(self.timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(EngineError::Connect(e)),
             Ok(Err(e)) if is_body_limit(&e) => return Err(EngineError::BodyTooLarge),
+            Ok(Err(e)) if client_fault(&e).is_some() => {
+                return Err(EngineError::Client(client_fault(&e).expect("just found")))
+            }
             Ok(Err(e)) => return Err(EngineError::Protocol(e)),
             Ok(Ok(r)) => r,
         };
@@ -268,6 +289,21 @@ fn append_forwarded(headers: &mut HeaderMap, peer: Peer) {
             headers.insert(X_FORWARDED_HOST, host);
         }
     }
+}
+
+/// The client's fault behind a failed exchange, if it was the client's streamed body that
+/// failed (taken out of the error chain).
+fn client_fault(e: &hyper_util::client::legacy::Error) -> Option<ClientFault> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        match s.downcast_ref::<ClientFault>() {
+            Some(ClientFault::Timeout(within)) => return Some(ClientFault::Timeout(*within)),
+            // hyper::Error is not Clone; the kind is all the answer needs.
+            Some(ClientFault::Read(_) | ClientFault::Broken) => return Some(ClientFault::Broken),
+            None => source = s.source(),
+        }
+    }
+    None
 }
 
 fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {

@@ -7,6 +7,7 @@ use http::header::{CONNECTION, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use crate::body::ClientFault;
 use crate::engine::EngineError;
 use crate::webhook::signature::SignatureError;
 use crate::webhook::twilio::FormError;
@@ -50,10 +51,15 @@ impl RequestError {
             RequestError::Engine(EngineError::UnaskedUpgrade) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Engine(EngineError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::Engine(EngineError::Client(ClientFault::Timeout(_))) => StatusCode::REQUEST_TIMEOUT,
+            RequestError::Engine(EngineError::Client(_)) => StatusCode::BAD_REQUEST,
         };
         let close = matches!(
             self,
-            RequestError::BodyTooLarge(_) | RequestError::BodyRead(_) | RequestError::BodyTimeout(_)
+            RequestError::BodyTooLarge(_)
+                | RequestError::BodyRead(_)
+                | RequestError::BodyTimeout(_)
+                | RequestError::Engine(EngineError::Client(_))
         );
         text_response(status, format!("{self}\n"), close)
     }

@@ -563,3 +563,63 @@ async fn an_http2_connection_sending_only_pings_is_closed_at_the_idle_timeout() 
         .expect("a request-less connection kept open")
         .unwrap();
 }
+
+// Item 8: a slow or vanishing client is the client's fault, not the engine's.
+
+#[tokio::test]
+async fn a_pass_through_body_trickled_past_the_header_timeout_gets_408_not_an_upstream_timeout() {
+    let engine = Stub::start(Reply::json("ok")).await;
+    let cg = Binary::spawn("{}", &engine.url(""), &["--header-timeout", "500ms", "--upstream-timeout", "2s"]);
+    let mut stream = TcpStream::connect(cg.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // A byte every 100 ms: 10 s for the whole body, if it were allowed.
+    let trickle = async {
+        for _ in 0..100 {
+            if stream.write_all(b"x").await.is_err() {
+                break;
+            }
+            let mut buf = [0u8; 1024];
+            match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Ok(_) => break,
+                Err(_) => {}
+            }
+        }
+        String::new()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), trickle).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_millis(1900), "answered after {:?}", started.elapsed());
+    for cause in ["timeout", "protocol", "connect"] {
+        let series = format!("callgate_upstream_errors_total{{cause=\"{cause}\"}}");
+        assert_eq!(cg.metric(&series).await, 0.0, "{series}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_reset_mid_body_is_not_an_engine_protocol_error() {
+    let engine = Stub::start(Reply::json("ok")).await;
+    let cg = Binary::spawn("{}", &engine.url(""), &[]);
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(cg.addr).await.unwrap();
+        stream
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial body")
+            .await
+            .unwrap();
+        // Wait until the engine has the request, then reset the connection.
+        let seen = engine.connections();
+        eventually(Duration::from_secs(5), || async { engine.connections() > seen || engine.count() > 0 })
+            .await;
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+    }
+    // The engine sees its side end; callgate records the exchange's end.
+    eventually(Duration::from_secs(5), || async { engine.count() >= 3 }).await;
+    let requests = cg.metric("callgate_request_duration_seconds_count{route=\"proxy\"}").await;
+    assert!(requests >= 1.0);
+    assert_eq!(cg.metric("callgate_upstream_errors_total{cause=\"protocol\"}").await, 0.0);
+}

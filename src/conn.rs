@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::metrics::Metrics;
+
 /// Timestamps are milliseconds since the connection opened, plus one (0 means "none").
 pub struct Activity {
     opened: Instant,
@@ -127,12 +129,36 @@ impl Drop for InFlight {
 pub struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _slot: Option<Slot>,
 }
 
 impl<I> Tracked<I> {
-    pub fn new(inner: I, activity: Arc<Activity>, permit: Option<OwnedSemaphorePermit>) -> Tracked<I> {
-        Tracked { inner, activity, _permit: permit }
+    pub fn new(inner: I, activity: Arc<Activity>, slot: Option<Slot>) -> Tracked<I> {
+        Tracked { inner, activity, _slot: slot }
+    }
+}
+
+/// An open connection's place under `--max-connections`, counted in
+/// `callgate_open_connections` (public listener) until dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Option<&'static Metrics>,
+}
+
+impl Slot {
+    pub fn new(permit: OwnedSemaphorePermit, metrics: Option<&'static Metrics>) -> Slot {
+        if let Some(m) = metrics {
+            m.record_open_connections(1.0);
+        }
+        Slot { _permit: permit, metrics }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(m) = self.metrics {
+            m.record_open_connections(-1.0);
+        }
     }
 }
 

@@ -118,6 +118,7 @@ pub struct Metrics {
     admin_writes_error: Counter,
     tls_reloads_ok: Counter,
     tls_reloads_error: Counter,
+    open_connections: Gauge,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -162,7 +163,9 @@ impl Metrics {
             admin_writes_error: metrics::counter!("callgate_admin_writes_total", "result" => "error"),
             tls_reloads_ok: metrics::counter!("callgate_tls_reloads_total", "result" => "ok"),
             tls_reloads_error: metrics::counter!("callgate_tls_reloads_total", "result" => "error"),
+            open_connections: metrics::gauge!("callgate_open_connections"),
         };
+        m.open_connections.increment(0.0);
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
         for c in m.inbound.iter().chain(&m.gate_failures).chain(&m.upstream_errors) {
@@ -213,6 +216,12 @@ impl Metrics {
 
     pub fn record_upstream_error(&self, cause: UpstreamCause) {
         self.upstream_errors[cause as usize].increment(1);
+    }
+
+    /// A client connection on the public listener opened (`+1`) or closed (`-1`); upgraded
+    /// connections count until their relay ends.
+    pub fn record_open_connections(&self, delta: f64) {
+        self.open_connections.increment(delta);
     }
 
     pub fn record_signature_failure(&self) {
@@ -288,5 +297,9 @@ fn describe() {
     describe_gauge!("callgate_routes_last_reload_success", "1 if the last routes reload succeeded, else 0.");
     describe_counter!("callgate_admin_writes_total", "Admin API writes, by result.");
     describe_counter!("callgate_tls_reloads_total", "TLS certificate reloads, by result.");
+    describe_gauge!(
+        "callgate_open_connections",
+        "Client connections open on the public listener, upgraded (WebSocket) ones included."
+    );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

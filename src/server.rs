@@ -21,7 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, PathKind};
-use crate::conn::{Activity, Tracked, Verdict};
+use crate::conn::{Activity, Slot, Tracked, Verdict};
 use crate::engine::Peer;
 use crate::error::text_response;
 use crate::metrics::Route;
@@ -94,7 +94,10 @@ pub async fn serve(
     let (stop_public, public_stopped) = watch::channel(false);
     let (cut_off, cut) = watch::channel(false);
     let connections = TaskTracker::new();
-    let limits = Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls);
+    let limits = Limits {
+        metrics: Some(app.metrics),
+        ..Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls)
+    };
     let listener = listener.into_std().expect("a listener leaves the runtime it was bound on");
     let workers: Vec<_> = (0..app.settings.workers)
         .map(|index| {
@@ -209,6 +212,8 @@ pub struct Limits {
     pub tls: Option<TlsAcceptor>,
     /// HTTP/2 is served: over TLS, or in cleartext with `--allow-h2c`.
     pub h2: bool,
+    /// Where open connections are counted (the public listener's).
+    pub metrics: Option<&'static crate::metrics::Metrics>,
 }
 
 impl Limits {
@@ -222,6 +227,7 @@ impl Limits {
             idle_timeout: settings.idle_timeout,
             max_connections: Arc::new(Semaphore::new(max_connections)),
             h2: tls.is_some() || settings.allow_h2c,
+            metrics: None,
             tls,
         }
     }
@@ -268,7 +274,7 @@ async fn accept_loop<M, S, F>(
             let activity = Activity::new();
             // The permit lives with the socket: an upgraded connection keeps it until its
             // relay ends.
-            let stream = Tracked::new(stream, Arc::clone(&activity), Some(permit));
+            let stream = Tracked::new(stream, Arc::clone(&activity), Some(Slot::new(permit, limits.metrics)));
             match &limits.tls {
                 None => {
                     serve_connection(TokioIo::new(stream), activity, &limits, builder, service, stopped).await

@@ -623,3 +623,28 @@ async fn a_client_reset_mid_body_is_not_an_engine_protocol_error() {
     assert!(requests >= 1.0);
     assert_eq!(cg.metric("callgate_upstream_errors_total{cause=\"protocol\"}").await, 0.0);
 }
+
+// Item 3: open connections are exported.
+
+#[tokio::test]
+async fn open_connections_are_exported_upgraded_ones_included() {
+    let engine = ws_echo("").await;
+    let cg = Binary::spawn("{}", &format!("http://{engine}"), &[]);
+    let series = "callgate_open_connections";
+    assert_eq!(cg.metric(series).await, 0.0, "exported at 0 from start-up");
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(cg.addr).await.unwrap();
+        stream.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        assert!(stream.read(&mut buf).await.unwrap() > 0);
+        idle.push(stream);
+    }
+    let ws = ws_connect(cg.addr).await;
+    // The metrics scrape is on the admin listener: it does not count itself.
+    eventually(Duration::from_secs(5), || async { cg.metric(series).await == 6.0 }).await;
+    drop(idle);
+    eventually(Duration::from_secs(5), || async { cg.metric(series).await == 1.0 }).await;
+    drop(ws);
+    eventually(Duration::from_secs(5), || async { cg.metric(series).await == 0.0 }).await;
+}

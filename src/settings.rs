@@ -99,8 +99,9 @@ pub struct ServeArgs {
     /// Keep-alive connections idle longer are closed.
     #[arg(long, env = "CALLGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Open client connections; beyond it, accepting pauses.
-    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Open client connections; beyond it, accepting pauses. The default fits the shipped
+    /// Deployment's memory limit (README "Security": ~93 KiB per slow 64 KiB voice request).
+    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Threads serving calls (default: the CPUs callgate may use, by its cgroup limit).
     #[arg(long, env = "CALLGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]

@@ -78,12 +78,20 @@ pub enum ClientFault {
 
 impl ClientBody {
     pub fn new(body: Incoming, limit: usize, within: Duration) -> ClientBody {
+        use http_body::Body as _;
+        // A request without a body may never be polled: it is done from the start.
+        let done = tokio::sync::watch::Sender::new(body.is_end_stream());
         ClientBody {
             inner: Limited::new(body, limit),
             within,
             deadline: Box::pin(tokio::time::sleep(within)),
-            done: tokio::sync::watch::Sender::new(false),
+            done,
         }
+    }
+
+    /// How long the client has to deliver the whole body.
+    pub fn within(&self) -> Duration {
+        self.within
     }
 
     /// Completes once the body has ended (whole, failed, or dropped unread).

@@ -131,18 +131,20 @@ impl Engine {
         let client_upgrade =
             request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
         // A streamed body is the client's to deliver (within its own deadline); the engine's
-        // time starts once it has the whole request.
+        // time starts once it has the whole request. An engine that stops reading the body
+        // still gets no more than the client's allowance plus its own timeout.
         let body_finished = match request.body() {
-            Either::Right(body) => Some(body.finished()),
+            Either::Right(body) => Some((body.finished(), body.within())),
             Either::Left(_) => None,
         };
         let sent = self.client.get().request(request);
         tokio::pin!(sent);
         let sent = match body_finished {
-            None => tokio::time::timeout(self.timeout, sent).await,
-            Some(body_finished) => tokio::select! {
+            None => tokio::time::timeout(self.timeout, sent).await.map_err(drop),
+            Some((body_finished, within)) => tokio::select! {
                 sent = sent.as_mut() => Ok(sent),
-                _ = body_finished => tokio::time::timeout(self.timeout, sent).await,
+                _ = body_finished => tokio::time::timeout(self.timeout, sent).await.map_err(drop),
+                _ = tokio::time::sleep(within + self.timeout) => Err(()),
             },
         };
         let mut response = match sent {

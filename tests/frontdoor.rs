@@ -648,3 +648,23 @@ async fn open_connections_are_exported_upgraded_ones_included() {
     drop(ws);
     eventually(Duration::from_secs(5), || async { cg.metric(series).await == 0.0 }).await;
 }
+
+#[tokio::test]
+async fn a_slow_engine_behind_a_pass_through_path_is_still_the_engines_timeout() {
+    let engine = Stub::start(Reply::json("ok").delay(Duration::from_secs(5))).await;
+    let cg = Callgate::spawn_with("{}", &engine.url(""), |s| {
+        s.upstream_timeout = Duration::from_millis(300);
+        s.header_timeout = Duration::from_secs(2);
+    })
+    .await;
+    for raw in [
+        &b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let started = Instant::now();
+        let answer = exchange(cg.addr, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+        assert!(started.elapsed() < Duration::from_millis(1500), "answered after {:?}", started.elapsed());
+    }
+}

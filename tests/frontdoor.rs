@@ -668,3 +668,29 @@ async fn a_slow_engine_behind_a_pass_through_path_is_still_the_engines_timeout()
         assert!(started.elapsed() < Duration::from_millis(1500), "answered after {:?}", started.elapsed());
     }
 }
+
+#[tokio::test]
+async fn a_relay_in_flight_is_drained_on_shutdown() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let engine = ws_echo("").await;
+    let cg = Callgate::spawn_with("{}", &format!("http://{engine}"), |s| {
+        s.shutdown_grace = Duration::from_secs(20);
+    })
+    .await;
+    let mut ws = ws_connect(cg.addr).await;
+    let stopping = tokio::spawn(cg.stop());
+    // The drain waits for the relay, which keeps relaying meanwhile.
+    for i in 0..10 {
+        ws.send(Message::Text(format!("media {i}"))).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text(format!("media {i}")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!stopping.is_finished(), "shutdown did not wait for the relay");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("drained once the relay ended")
+        .unwrap();
+}

@@ -131,6 +131,7 @@ pub struct Metrics {
     events_pending: Gauge,
     events_outbox_ok: Gauge,
     events_outbox_errors: Counter,
+    open_connections: Gauge,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -194,9 +195,11 @@ impl Metrics {
             events_pending: metrics::gauge!("callgate_events_pending"),
             events_outbox_ok: metrics::gauge!("callgate_events_outbox_ok"),
             events_outbox_errors: metrics::counter!("callgate_events_outbox_errors_total"),
+            open_connections: metrics::gauge!("callgate_open_connections"),
         };
         m.events_pending.set(0.0);
         m.events_outbox_ok.set(1.0);
+        m.open_connections.increment(0.0);
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
         for c in m
@@ -299,6 +302,12 @@ impl Metrics {
 
     pub fn record_upstream_error(&self, cause: UpstreamCause) {
         self.upstream_errors[cause as usize].increment(1);
+    }
+
+    /// A client connection on the public listener opened (`+1`) or closed (`-1`); upgraded
+    /// connections count until their relay ends.
+    pub fn record_open_connections(&self, delta: f64) {
+        self.open_connections.increment(delta);
     }
 
     pub fn record_signature_failure(&self) {
@@ -439,6 +448,10 @@ fn describe() {
     describe_counter!(
         "callgate_events_outbox_errors_total",
         "Writes to the events outbox on disk that failed."
+    );
+    describe_gauge!(
+        "callgate_open_connections",
+        "Client connections open on the public listener, upgraded (WebSocket) ones included."
     );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

@@ -135,14 +135,18 @@ pub struct ServeArgs {
     /// Accept http:// gate URLs (local gates, tests).
     #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_gates: bool,
+    /// Serve cleartext HTTP/2 with prior knowledge on --listen (without TLS, HTTP/1.1 only).
+    #[arg(long, env = "CALLGATE_ALLOW_H2C", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_h2c: bool,
     /// To receive a request head (and a TLS handshake).
     #[arg(long, env = "CALLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
     /// Keep-alive connections idle longer are closed.
     #[arg(long, env = "CALLGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Open client connections; beyond it, accepting pauses.
-    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Open client connections; beyond it, accepting pauses. The default fits the shipped
+    /// Deployment's memory limit (README "Security": ~93 KiB per slow 64 KiB voice request).
+    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Threads serving calls (default: the CPUs callgate may use, by its cgroup limit).
     #[arg(long, env = "CALLGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -429,6 +433,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub gate_max_pending: u32,
     pub allow_insecure_gates: bool,
+    /// Cleartext HTTP/2 with prior knowledge on the listeners (`--allow-h2c`).
+    pub allow_h2c: bool,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
@@ -531,6 +537,7 @@ impl Settings {
             upstream_timeout: args.upstream_timeout,
             gate_max_pending: args.gate_max_pending,
             allow_insecure_gates: args.allow_insecure_gates,
+            allow_h2c: args.allow_h2c,
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,

@@ -109,6 +109,8 @@ pub struct App {
     pub table_loaded: tokio::sync::watch::Sender<bool>,
     /// Upgraded streams in flight (also held by the engine), drained on shutdown.
     pub streams: TaskTracker,
+    /// Secrets for check placeholders (`--credentials`).
+    pub credentials: Arc<crate::credentials::Credentials>,
     ready: AtomicBool,
 }
 
@@ -148,6 +150,7 @@ impl App {
             voice_paths,
             signed_paths,
             streams,
+            credentials: Arc::default(),
             table_loaded: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
         }
@@ -177,7 +180,12 @@ impl App {
 
     /// What the decision core needs of the shared state.
     pub fn stages(&self) -> Stages<'_> {
-        Stages { routes: &self.routes, gate: &self.gate }
+        Stages {
+            routes: &self.routes,
+            gate: &self.gate,
+            credentials: &self.credentials,
+            clock: jiff::Timestamp::now,
+        }
     }
 
     /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most

@@ -41,6 +41,9 @@ pub struct CheckArgs {
     /// Engine timeout, added to each gate's timeout for the 15 s warning.
     #[arg(long, env = "CALLGATE_UPSTREAM_TIMEOUT", default_value = "9s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// Credentials file: each credential_id the routes name must be in it.
+    #[arg(long, env = "CALLGATE_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +152,9 @@ pub struct ServeArgs {
     /// Recent decisions kept for GET /v1/calls/{call_sid}.
     #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
     pub decision_log_size: u32,
+    /// Secrets for check placeholders, {"cred_id": {"key": "secret"}}; hot-reloaded.
+    #[arg(long, env = "CALLGATE_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -362,6 +368,7 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub twilio_deadline: Duration,
     pub decision_log_size: usize,
+    pub credentials: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +442,7 @@ impl Settings {
             tls_key: args.tls_key,
             twilio_deadline: args.twilio_deadline,
             decision_log_size: args.decision_log_size as usize,
+            credentials: args.credentials,
         })
     }
 
@@ -454,6 +462,7 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             signed_paths: Vec::new(),
+            credentials: None,
             ..args
         })?;
         s.listen = ([127, 0, 0, 1], 0).into();

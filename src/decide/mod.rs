@@ -9,6 +9,7 @@
 //! that, from the verdict, in one place.
 
 pub mod answer;
+pub mod chain;
 pub mod record;
 pub mod verdict;
 
@@ -65,17 +66,49 @@ impl Deadline {
 pub struct Stages<'a> {
     pub routes: &'a RouteStore,
     pub gate: &'a GateClient,
+    /// Secrets for check placeholders.
+    pub credentials: &'a crate::credentials::Credentials,
+    /// The time schedules are read at (injected in tests).
+    pub clock: fn() -> jiff::Timestamp,
 }
 
 /// Decides `call`: every stage in order, each able to end the call's decision early.
 pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
-    let (gate, source, number_agent_id) = resolve(stages.routes, &call.to);
+    let (gate, chain, source, number_agent_id) = resolve(stages.routes, &call.to);
     let Some(gate) = gate else {
         let mut verdict = Verdict::without_gate(source, number_agent_id);
         verdict.seal();
         return verdict;
     };
     let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
+    if gate.chain().is_some() {
+        let started = Instant::now();
+        let facts = chain::Facts::Call {
+            from: &call.from,
+            to: &call.to,
+            call_id: &call.call_id,
+            agent_id: number_agent_id.as_deref(),
+        };
+        // A check set removed since the gate was read leaves no checks: the gate's own
+        // failure policy decides, with cause `config`.
+        let outcome = match &chain {
+            Some(checks) => {
+                chain::run(stages, checks, &facts, None, gate.on_failure(), started + limit, (stages.clock)())
+                    .await
+            }
+            None => chain::Outcome { end: chain::End::Timeout(None), results: Vec::new() },
+        };
+        let mut verdict = chain::settle_chain(outcome, gate.on_failure(), source, number_agent_id);
+        if chain.is_none() {
+            verdict.cause = Some(Cause::Config);
+        }
+        if let Some(run) = &mut verdict.gate {
+            run.elapsed = started.elapsed();
+        }
+        verdict.gate_display = Some(gate.display().into());
+        verdict.seal();
+        return verdict;
+    }
     let request = GateRequest {
         event: "call.inbound",
         from: &call.from,
@@ -96,12 +129,15 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
     verdict
 }
 
-/// Resolves `to` in one snapshot of the table, taking out only what the call needs, so that no
-/// snapshot is held across the gate's wait.
-fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>) {
+/// Resolves `to` in one snapshot of the table, taking out only what the call needs (a chain
+/// gate's checks too), so that no snapshot is held across the gate's wait.
+type Resolved = (Option<Arc<Gate>>, Option<Arc<[crate::routes::Check]>>, Source, Option<Arc<str>>);
+
+fn resolve(routes: &RouteStore, to: &str) -> Resolved {
     let table = routes.load();
     let resolution = table.resolve(to);
-    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned())
+    let chain = resolution.gate.and_then(|g| table.chain_of(g)).cloned();
+    (resolution.gate.cloned(), chain, resolution.source, resolution.agent_id.cloned())
 }
 
 /// The decision table: what a gate's answer comes to under its `on_failure`. Pure; the gate's

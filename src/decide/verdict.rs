@@ -227,6 +227,8 @@ pub struct Verdict {
     pub context_too_large: bool,
     /// Whether the enrichment is forwarded (not for a shadow gate).
     pub forward_enrichment: bool,
+    /// Each check's result, for a chain gate.
+    pub checks: Vec<super::chain::CheckResult>,
 }
 
 impl Verdict {
@@ -244,6 +246,7 @@ impl Verdict {
             context_header: None,
             context_too_large: false,
             forward_enrichment: true,
+            checks: Vec::new(),
         }
     }
 
@@ -280,6 +283,9 @@ impl Verdict {
         if let Some(metadata) = &self.enrichment.metadata {
             carried.insert("metadata".into(), Value::Object(metadata.clone()));
         }
+        if !self.checks.is_empty() {
+            carried.insert("checks".into(), self.checks_json());
+        }
         if carried.is_empty() {
             return;
         }
@@ -300,6 +306,11 @@ impl Verdict {
         }
         self.context_header =
             Some(HeaderValue::try_from(encoded).expect("base64url is a valid header value"));
+    }
+
+    /// The chain's results as `[{"name", "status", "reason"?}]`.
+    pub fn checks_json(&self) -> Value {
+        Value::Array(self.checks.iter().map(super::chain::CheckResult::to_json).collect())
     }
 
     /// Each dropped piece of enrichment, by reason, for the metrics.

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,9 +65,39 @@ pub struct Gate {
     pub(super) display: Box<str>,
     pub(super) timeout_ms: Option<u32>,
     pub(super) on_failure: OnFailure,
+    /// A chain gate's checks (then `url` is empty and `display` names the chain).
+    pub(super) chain: Option<Chain>,
+}
+
+/// What a chain gate runs: its own checks, or a named check set of the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chain {
+    Checks(Arc<[super::Check]>),
+    Set(Arc<str>),
 }
 
 impl Gate {
+    /// A chain gate (its checks already validated).
+    pub fn chained(chain: Chain, timeout_ms: Option<u32>, on_failure: OnFailure) -> Gate {
+        let display = match &chain {
+            Chain::Checks(_) => "checks".into(),
+            Chain::Set(name) => format!("check_set {name}").into_boxed_str(),
+        };
+        Gate {
+            url: "".into(),
+            uri: http::Uri::default(),
+            display,
+            timeout_ms,
+            on_failure,
+            chain: Some(chain),
+        }
+    }
+
+    /// The chain, for a chain gate (`None` for a webhook gate).
+    pub fn chain(&self) -> Option<&Chain> {
+        self.chain.as_ref()
+    }
+
     #[cfg(test)]
     /// Validates `url` and `timeout_ms` (see [`GATE_TIMEOUT_MS`]) into a gate; the first problem
     /// found is the error. [`GateSpec::validate`] reports every problem instead.
@@ -78,10 +109,11 @@ impl Gate {
     ) -> Result<Gate, GateError> {
         let (uri, display) = check_url(url, opts)?;
         let timeout_ms = timeout_ms.map(|ms| check_timeout(ms.into())).transpose()?;
-        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure })
+        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure, chain: None })
     }
 
-    /// The URL exactly as configured. May contain a secret query or userinfo: never log it.
+    /// The URL exactly as configured (empty for a chain gate). May contain a secret query or
+    /// userinfo: never log it.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -110,7 +142,10 @@ impl Gate {
 // `uri` and `display` are derived from `url`, so they need no comparing.
 impl PartialEq for Gate {
     fn eq(&self, other: &Gate) -> bool {
-        self.url == other.url && self.timeout_ms == other.timeout_ms && self.on_failure == other.on_failure
+        self.url == other.url
+            && self.timeout_ms == other.timeout_ms
+            && self.on_failure == other.on_failure
+            && self.chain == other.chain
     }
 }
 
@@ -152,6 +187,13 @@ pub enum GateError {
     InvalidTimeout(u64),
     #[error("on_failure: must be \"accept\" or \"reject\"")]
     InvalidOnFailure,
+    #[error("needs exactly one of `url`, `checks` or `check_set`")]
+    Kind,
+    /// A problem with a check, its path starting `checks`.
+    #[error("{0}")]
+    Check(String),
+    #[error("check_set: {0}")]
+    CheckSet(&'static str),
 }
 
 impl GateError {
@@ -166,6 +208,9 @@ impl GateError {
             | GateError::InvalidUri(_) => "url",
             GateError::InvalidTimeout(_) => "timeout_ms",
             GateError::InvalidOnFailure => "on_failure",
+            GateError::Kind => "gate",
+            GateError::Check(_) => "checks",
+            GateError::CheckSet(_) => "check_set",
         }
     }
 }

@@ -103,6 +103,7 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         gate_ms = verdict.gate_ms().unwrap_or(0.0),
         override_agent_id = verdict.override_agent_id().unwrap_or(""),
         gate = verdict.gate_display.as_deref().unwrap_or(""),
+        checks = %Checks(&verdict.checks),
         "call decided"
     );
     if verdict.enrichment.dropped_invalid > 0 || verdict.context_too_large {
@@ -115,6 +116,22 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         );
     }
     app.decisions.keep(Record::new(call, verdict, SystemTime::now()));
+}
+
+/// A chain's results for the decision line: `name=status` joined by `,` (names and statuses
+/// only; a failure's cause is in the record).
+struct Checks<'a>(&'a [crate::decide::chain::CheckResult]);
+
+impl std::fmt::Display for Checks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, c) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}={}", c.name, c.status.as_str())?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a webhook's parameters came from, which decides what its signature covers.

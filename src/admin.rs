@@ -501,7 +501,9 @@ async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gat
     };
     let kinds = ["url", "checks", "check_set"].iter().filter(|k| object.contains_key(**k)).count();
     if kinds != 1 {
-        return Err(api_error(StatusCode::BAD_REQUEST, "invalid_field", GateError::Kind.to_string()));
+        // No kind at all answers as a missing `url` always has.
+        let code = if kinds == 0 { "invalid_url" } else { "invalid_field" };
+        return Err(api_error(StatusCode::BAD_REQUEST, code, GateError::Kind.to_string()));
     }
     if object.get("url").is_some_and(|u| !u.is_string()) {
         return Err(api_error(StatusCode::BAD_REQUEST, "invalid_url", "url must be a string"));

@@ -625,14 +625,25 @@ async fn check_sets_are_managed_by_the_admin_api_and_one_in_use_cannot_be_delete
         .admin("PUT", "/v1/integrations/precall/number/+15005550006", Some(json!({"checks": checks})))
         .await;
     assert_eq!((code, &body["checks"]), (StatusCode::OK, &checks));
-    for two in [
-        json!({"url": "http://x/", "checks": []}),
-        json!({}),
-        json!({"check_set": "screening", "checks": []}),
-    ] {
-        let (code, body) = cg.admin("PUT", "/v1/integrations/precall/agent/agent_b", Some(two)).await;
-        assert_eq!((code, body["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_field")));
+    let kinds = [
+        (json!({"url": "http://x/", "checks": []}), "invalid_field"),
+        (json!({"check_set": "screening", "checks": []}), "invalid_field"),
+        (json!({"timeout_ms": 3000}), "invalid_url"),
+    ];
+    for (body, want) in kinds {
+        let (code, answer) =
+            cg.admin("PUT", "/v1/integrations/precall/agent/agent_b", Some(body.clone())).await;
+        assert_eq!((code, answer["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some(want)), "{body}");
+        assert_eq!(answer["error"]["message"], "needs exactly one of `url`, `checks` or `check_set`");
     }
+    let bad = json!({"checks": [{"type": "schedule", "name": "h"}]});
+    let (code, answer) = cg.admin("PUT", "/v1/integrations/precall/agent/agent_b", Some(bad)).await;
+    assert_eq!((code, answer["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_field")));
+    assert_eq!(
+        answer["error"]["message"],
+        "checks[0]: missing field `timezone`; checks[0]: missing field `open`"
+    );
+    assert_eq!(cg.admin("GET", "/v1/integrations/precall/agent/agent_b", None).await.1["is_set"], false);
 
     let (code, body) = cg.admin("DELETE", "/v1/check-sets/screening", None).await;
     assert_eq!((code, body["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("in_use")));

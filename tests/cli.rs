@@ -274,7 +274,20 @@ async fn the_demo_answers_every_line_it_prints() {
             decided.push(expected);
         }
     }
-    assert_eq!(decided, ["accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    assert_eq!(
+        decided,
+        [
+            "accept",
+            "reject",
+            "fail_open",
+            "fail_open",
+            "fail_closed",
+            "no_gate",
+            "accept",
+            "reject",
+            "reject"
+        ]
+    );
 
     let metrics_line = lines.iter().find(|l| l.contains("/metrics")).unwrap();
     let metrics_url = metrics_line.split_whitespace().find(|w| w.starts_with("http")).unwrap();

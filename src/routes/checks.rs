@@ -250,7 +250,7 @@ pub fn placeholders(template: &str) -> impl Iterator<Item = (std::ops::Range<usi
     let mut at = 0;
     std::iter::from_fn(move || loop {
         let open = at + template[at..].find('{')?;
-        let close = match template[open + 1..].find(|c: char| c == '}' || c == '{') {
+        let close = match template[open + 1..].find(['}', '{']) {
             Some(i) => open + 1 + i,
             None => return None,
         };

@@ -170,6 +170,16 @@ async fn the_seeds_dnd_example_proceeds_on_false_and_skips_on_true_or_the_string
     let forwarded = engine.seen();
     assert_eq!(forwarded.len(), 1, "the rejected call never reached the engine");
     assert_eq!(forwarded[0].headers["x-callgate-decision"], "accept");
+    // The engine is told what each check did.
+    use base64::Engine as _;
+    let header = forwarded[0].headers["x-callgate-context"].to_str().unwrap();
+    let context: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap())
+            .unwrap();
+    assert_eq!(
+        context,
+        json!({"agent_id": "agent_support", "checks": [{"name": "DND Check", "status": "proceed"}]})
+    );
 }
 
 #[tokio::test]

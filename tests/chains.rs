@@ -704,3 +704,44 @@ fn check_names_each_credential_id_the_credentials_file_lacks() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_gates_on_failure_decides_for_checks_that_set_none_and_when_its_deadline_runs_out() {
+    let dead = dead_addr().await;
+    let slow = Stub::start(Reply::json(r#"{"ok": true}"#).delay(Duration::from_secs(3))).await;
+    let never = Stub::start(Reply::json(r#"{"ok": true}"#)).await;
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let down = api_check("Down", &format!("http://{dead}/x"), "ok", json!(true));
+    let mut down_but_proceeds = down.clone();
+    down_but_proceeds["default_on_failure"] = json!("proceed");
+    let slow_check = api_check("Slow", &slow.url("/x"), "ok", json!(true));
+    let after = api_check("After", &never.url("/x"), "ok", json!(true));
+    let routes = json!({"numbers": {
+        "+15005550001": {"gate": {"checks": [down.clone()], "on_failure": "reject"}},
+        "+15005550002": {"gate": {"checks": [down], "on_failure": "accept"}},
+        "+15005550003": {"gate": {"checks": [down_but_proceeds], "on_failure": "reject"}},
+        "+15005550004": {"gate": {"checks": [slow_check.clone(), after.clone()], "timeout_ms": 300, "on_failure": "reject"}},
+        "+15005550005": {"gate": {"checks": [slow_check, after], "timeout_ms": 300}}
+    }});
+    let cg = Callgate::spawn(&routes.to_string(), &engine.url("")).await;
+    let cases = [
+        ("+15005550001", "fail_closed", "connect", "Down"),
+        ("+15005550002", "fail_open", "connect", "Down"),
+        ("+15005550003", "fail_open", "connect", "Down"),
+        ("+15005550004", "fail_closed", "timeout", "Slow"),
+        ("+15005550005", "fail_open", "timeout", "Slow"),
+    ];
+    for (i, (to, decision, cause, reason)) in cases.into_iter().enumerate() {
+        let sid = format!("CA{:032}", 900 + i);
+        let started = Instant::now();
+        post_form(&cg.url("/twilio/voice"), &ringing_from(to, "+447700900001", &sid)).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "{to}: the gate's deadline bounds the chain");
+        let record = record_of(&cg, &sid).await;
+        assert_eq!(
+            (record["decision"].as_str(), record["cause"].as_str(), record["reason"].as_str()),
+            (Some(decision), Some(cause), Some(reason)),
+            "{to}"
+        );
+    }
+    assert_eq!(never.count(), 0, "a chain out of time runs nothing more");
+}

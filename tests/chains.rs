@@ -745,3 +745,35 @@ async fn the_gates_on_failure_decides_for_checks_that_set_none_and_when_its_dead
     }
     assert_eq!(never.count(), 0, "a chain out of time runs nothing more");
 }
+
+#[test]
+fn an_invalid_credentials_file_stops_start_up_without_echoing_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = dir.path().join("routes.json");
+    std::fs::write(&routes, "{}").unwrap();
+    let creds = dir.path().join("creds.json");
+    std::fs::write(&creds, r#"{"cred": {"key": ["S3CRET"]}}"#).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--routes")
+        .arg(&routes)
+        .arg("--credentials")
+        .arg(&creds)
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("invalid credentials file") && err.contains("\"cred\".\"key\": expected a string"),
+        "{err}"
+    );
+    assert!(!err.contains("S3CRET"), "{err}");
+}

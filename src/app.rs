@@ -12,10 +12,14 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
+use crate::decide::breaker::Breaker;
+use crate::decide::context::{ContextStore, MemoryContexts};
+use crate::decide::dedup::Dedup;
 use crate::decide::record::DecisionLog;
 use crate::decide::Stages;
 use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
 use crate::error::RequestError;
+use crate::events::Events;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
@@ -96,10 +100,18 @@ pub struct App {
     /// The only way to change the table.
     pub writer: Writer,
     pub gate: GateClient,
+    /// Decision events, with `--events-url`.
+    pub events: Option<Events>,
     pub engine: Engine,
     pub metrics: &'static Metrics,
     /// The last `--decision-log-size` decided calls.
     pub decisions: DecisionLog,
+    /// One circuit per gate origin (`--breaker-failures`, `--breaker-cooldown`).
+    pub breaker: Breaker,
+    /// CallSids decided within `--dedup-window`.
+    pub dedup: Dedup,
+    /// Caller context pushed ahead of the call (`POST /v1/context`).
+    pub contexts: Arc<dyn ContextStore>,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
     pub verifier: Option<Verifier>,
     /// `--voice-path`s and `--signed-path`s in canonical form.
@@ -120,6 +132,7 @@ impl App {
         routes: Arc<RouteStore>,
         writer: Writer,
         gate: GateClient,
+        events: Option<Events>,
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
@@ -137,15 +150,22 @@ impl App {
         let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
         let voice_paths = canonical(&settings.voice_paths);
         let decisions = DecisionLog::start(settings.decision_log_size);
+        let contexts = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
         let signed_paths = canonical(&settings.signed_paths);
+        let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown, metrics);
+        let dedup = Dedup::new(settings.dedup_window);
         App {
+            breaker,
+            dedup,
             settings,
             routes,
             writer,
             gate,
+            events,
             engine,
             metrics,
             decisions,
+            contexts,
             verifier,
             voice_paths,
             signed_paths,
@@ -185,6 +205,9 @@ impl App {
             gate: &self.gate,
             credentials: &self.credentials,
             clock: jiff::Timestamp::now,
+            breaker: &self.breaker,
+            dedup: &self.dedup,
+            contexts: &*self.contexts,
         }
     }
 

@@ -9,7 +9,9 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::decide::chain::{CheckResult, CheckStatus};
-use crate::decide::{Cause, Decision, Dropped, GateResult, Verdict};
+use crate::decide::breaker::CircuitState;
+use crate::decide::context::ContextResult;
+use crate::decide::{Cause, Decision, DedupResult, Dropped, GateResult, Verdict};
 use crate::routes::checks::CheckType;
 
 /// Why the engine could not answer.
@@ -50,6 +52,49 @@ impl Route {
     }
 }
 
+/// What became of a decision event's attempt, for `callgate_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// An attempt failed and another is scheduled.
+    Retried,
+    /// The event left the outbox undelivered: its schedule ran out, or the outbox was full.
+    GivenUp,
+}
+
+impl EventResult {
+    const ALL: [EventResult; 3] = [EventResult::Delivered, EventResult::Retried, EventResult::GivenUp];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EventResult::Delivered => "delivered",
+            EventResult::Retried => "retried",
+            EventResult::GivenUp => "given_up",
+        }
+    }
+}
+
+/// Why a decision event was lost before its schedule ran out, for `callgate_events_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventDrop {
+    /// The hand-off queue from calls to the outbox was full; the event was never stored.
+    QueueFull,
+    /// The outbox held `--events-max-pending` events; the oldest was given up for a new one.
+    OutboxFull,
+}
+
+impl EventDrop {
+    const ALL: [EventDrop; 2] = [EventDrop::QueueFull, EventDrop::OutboxFull];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EventDrop::QueueFull => "queue_full",
+            EventDrop::OutboxFull => "outbox_full",
+        }
+    }
+}
+
 /// Histogram buckets: 50 µs to 30 s.
 const BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -63,6 +108,12 @@ pub struct Metrics {
     gate_failures: [Counter; Cause::ALL.len()],
     enrichment_dropped: [Counter; Dropped::ALL.len()],
     deadline_cut: Counter,
+    dedup: [Counter; DedupResult::ALL.len()],
+    circuit_transitions: [Counter; CircuitState::ALL.len()],
+    circuits_open: Gauge,
+    shadow_calls: Counter,
+    context: [Counter; ContextResult::ALL.len()],
+    context_entries: Gauge,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -80,6 +131,11 @@ pub struct Metrics {
     /// `callgate_checks_total`, by check type then result (proceed, skip, failure).
     checks: [[Counter; 3]; CheckType::ALL.len()],
     credentials_reloads: [Counter; 2],
+    events: [Counter; 3],
+    events_dropped: [Counter; 2],
+    events_pending: Gauge,
+    events_outbox_ok: Gauge,
+    events_outbox_errors: Counter,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -110,6 +166,15 @@ impl Metrics {
             enrichment_dropped: Dropped::ALL
                 .map(|r| metrics::counter!("callgate_enrichment_dropped_total", "reason" => r.as_str())),
             deadline_cut: metrics::counter!("callgate_deadline_cut_total"),
+            dedup: DedupResult::ALL
+                .map(|r| metrics::counter!("callgate_dedup_total", "result" => r.as_str())),
+            circuit_transitions: CircuitState::ALL
+                .map(|to| metrics::counter!("callgate_circuit_transitions_total", "to" => to.as_str())),
+            circuits_open: metrics::gauge!("callgate_circuits_open"),
+            shadow_calls: metrics::counter!("callgate_shadow_calls_total"),
+            context: ContextResult::ALL
+                .map(|r| metrics::counter!("callgate_context_total", "result" => r.as_str())),
+            context_entries: metrics::gauge!("callgate_context_entries"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -133,27 +198,49 @@ impl Metrics {
             }),
             credentials_reloads: ["ok", "error"]
                 .map(|r| metrics::counter!("callgate_credentials_reloads_total", "result" => r)),
+            events: EventResult::ALL
+                .map(|r| metrics::counter!("callgate_events_total", "result" => r.as_str())),
+            events_dropped: EventDrop::ALL
+                .map(|r| metrics::counter!("callgate_events_dropped_total", "reason" => r.as_str())),
+            events_pending: metrics::gauge!("callgate_events_pending"),
+            events_outbox_ok: metrics::gauge!("callgate_events_outbox_ok"),
+            events_outbox_errors: metrics::counter!("callgate_events_outbox_errors_total"),
         };
+        m.events_pending.set(0.0);
+        m.events_outbox_ok.set(1.0);
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
-        for c in
-            m.inbound.iter().chain(&m.gate_failures).chain(&m.enrichment_dropped).chain(&m.upstream_errors)
+        for c in m
+            .inbound
+            .iter()
+            .chain(&m.gate_failures)
+            .chain(&m.enrichment_dropped)
+            .chain(&m.upstream_errors)
+            .chain(&m.events)
+            .chain(&m.events_dropped)
+            .chain(&m.dedup)
+            .chain(&m.circuit_transitions)
+            .chain(&m.context)
         {
             c.increment(0);
         }
         for c in [
             &m.signature_failures,
             &m.deadline_cut,
+            &m.shadow_calls,
             &m.reloads_ok,
             &m.reloads_error,
             &m.admin_writes_ok,
             &m.admin_writes_error,
+            &m.events_outbox_errors,
         ] {
             c.increment(0);
         }
         for c in m.checks.iter().flatten().chain(&m.credentials_reloads) {
             c.increment(0);
         }
+        m.circuits_open.set(0.0);
+        m.context_entries.set(0.0);
         m
     }
 
@@ -181,6 +268,12 @@ impl Metrics {
         for reason in verdict.dropped() {
             self.enrichment_dropped[reason as usize].increment(1);
         }
+        if verdict.shadow {
+            self.shadow_calls.increment(1);
+        }
+        if let Some(used) = verdict.context {
+            self.record_context(used.result());
+        }
         self.record_checks(&verdict.checks);
     }
 
@@ -199,6 +292,28 @@ impl Metrics {
 
     pub fn record_credentials_reload(&self, ok: bool) {
         self.credentials_reloads[usize::from(!ok)].increment(1);
+    }
+
+    /// A duplicate CallSid given the first decision (not counted as a decision of its own).
+    pub fn record_dedup(&self, result: DedupResult) {
+        self.dedup[result as usize].increment(1);
+    }
+
+    /// A gate circuit moved `to`; `open` circuits are now open or half-open.
+    pub fn record_circuit_transition(&self, to: CircuitState, open: usize) {
+        let i = CircuitState::ALL.iter().position(|s| *s == to).expect("every state is listed");
+        self.circuit_transitions[i].increment(1);
+        self.circuits_open.set(open as f64);
+    }
+
+    /// Pushed caller context stored, taken, waited for, missed, expired, evicted or refused.
+    pub fn record_context(&self, result: ContextResult) {
+        self.context[result as usize].increment(1);
+    }
+
+    /// Pushed contexts held now.
+    pub fn set_context_entries(&self, n: usize) {
+        self.context_entries.set(n as f64);
     }
 
     /// The engine's timeout was cut to fit `--twilio-deadline`.
@@ -251,6 +366,26 @@ impl Metrics {
             self.admin_writes_error.increment(1);
         }
     }
+
+    pub fn record_event(&self, result: EventResult) {
+        self.events[result as usize].increment(1);
+    }
+
+    pub fn record_event_dropped(&self, reason: EventDrop, count: u64) {
+        self.events_dropped[reason as usize].increment(count);
+    }
+
+    pub fn set_events_pending(&self, pending: usize) {
+        self.events_pending.set(pending as f64);
+    }
+
+    /// The outer result of one write to the events outbox on disk.
+    pub fn record_outbox_write(&self, ok: bool) {
+        if !ok {
+            self.events_outbox_errors.increment(1);
+        }
+        self.events_outbox_ok.set(if ok { 1.0 } else { 0.0 });
+    }
 }
 
 fn describe() {
@@ -267,6 +402,11 @@ fn describe() {
         "callgate_deadline_cut_total",
         "Calls whose engine timeout was cut to fit --twilio-deadline."
     );
+    describe_counter!(
+        "callgate_context_total",
+        "Pushed caller context, by result: stored, hit (there at ring time), waited (arrived during the wait), miss (a wait that ended empty), expired, evicted (over --context-max-entries), refused (a bad push)."
+    );
+    describe_gauge!("callgate_context_entries", "Pushed caller contexts held now.");
     describe_counter!(
         "callgate_gate_failures_total",
         "Gate exchanges that failed, by cause; each became a fail_open or fail_closed."
@@ -294,6 +434,22 @@ fn describe() {
         "callgate_twilio_signature_failures_total",
         "Requests whose X-Twilio-Signature did not validate."
     );
+    describe_counter!(
+        "callgate_dedup_total",
+        "Duplicate CallSids given the first decision again, by how: replayed (decided within --dedup-window) or joined (waited for the first's gate answer)."
+    );
+    describe_counter!(
+        "callgate_circuit_transitions_total",
+        "Gate circuit breaker transitions, by the state entered (open, half_open, closed)."
+    );
+    describe_gauge!(
+        "callgate_circuits_open",
+        "Gate origins whose circuit is open or half-open: their calls are decided at once with cause circuit_open."
+    );
+    describe_counter!(
+        "callgate_shadow_calls_total",
+        "Inbound calls decided by a gate in shadow mode (the denominator for shadow_reject)."
+    );
     describe_counter!("callgate_routes_reloads_total", "Routes file reloads, by result.");
     describe_counter!(
         "callgate_checks_total",
@@ -304,5 +460,22 @@ fn describe() {
     describe_gauge!("callgate_routes_last_reload_success", "1 if the last routes reload succeeded, else 0.");
     describe_counter!("callgate_admin_writes_total", "Admin API writes, by result.");
     describe_counter!("callgate_tls_reloads_total", "TLS certificate reloads, by result.");
+    describe_counter!(
+        "callgate_events_total",
+        "Decision event attempts by result: delivered (2xx), retried (failed, another scheduled), given_up."
+    );
+    describe_counter!(
+        "callgate_events_dropped_total",
+        "Decision events lost before their schedule ran out: queue_full (never stored), outbox_full (oldest given up)."
+    );
+    describe_gauge!("callgate_events_pending", "Decision events in the outbox, waiting for delivery.");
+    describe_gauge!(
+        "callgate_events_outbox_ok",
+        "1 while the events outbox is written to --state-dir; 0 after a failed write (events then kept in memory only)."
+    );
+    describe_counter!(
+        "callgate_events_outbox_errors_total",
+        "Writes to the events outbox on disk that failed."
+    );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

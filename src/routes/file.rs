@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::shape::{Fields, Name, Object, Scalar};
 use super::{
-    validate_agent_id, Agent, Chain, Check, Gate, GateError, NumberEntry, NumberKey, OnFailure, RouteTable,
-    RoutesError, ValidateOptions, NOT_AGENT_ID, NOT_E164,
+    validate_agent_id, Agent, Chain, Check, Gate, GateError, Mode, NumberEntry, NumberKey, OnFailure, RouteTable,
+    RoutesError, ValidateOptions, BAD_CONTEXT_WAIT, MAX_CONTEXT_WAIT_MS, NOT_AGENT_ID, NOT_E164,
 };
 
 /// A gate as written in the routes file (and in an admin API body), before validation: one of
@@ -33,6 +33,9 @@ pub struct GateSpec<'a> {
     /// Kept as a string so that a bad value is a reported problem, not a parse failure.
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub on_failure: Option<Cow<'a, str>>,
+    /// `enforce` or `shadow`, kept as a string like `on_failure`.
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub mode: Option<Cow<'a, str>>,
 }
 
 impl GateSpec<'_> {
@@ -50,11 +53,23 @@ impl GateSpec<'_> {
                 None
             });
         let on_failure = on_failure.unwrap_or_default();
+        let mode = self.mode.as_deref().map(str::parse::<Mode>).transpose().unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
+        let mode = mode.unwrap_or_default();
         let gate = match (&self.url, &self.checks, &self.check_set) {
             (Some(url), None, None) => match super::check_url(url, opts) {
-                Ok((uri, display)) => {
-                    Some(Gate { url: url.as_ref().into(), uri, display, timeout_ms, on_failure, chain: None })
-                }
+                Ok((uri, display, origin)) => Some(Gate {
+                    url: url.as_ref().into(),
+                    uri,
+                    display,
+                    timeout_ms,
+                    on_failure,
+                    mode,
+                    origin,
+                    chain: None,
+                }),
                 Err(e) => {
                     problems.insert(0, e);
                     None
@@ -64,7 +79,7 @@ impl GateSpec<'_> {
                 let mut lines = Vec::new();
                 let checks = super::checks::parse_checks(checks, "checks", opts, &mut lines);
                 problems.extend(lines.into_iter().map(GateError::Check));
-                checks.map(|c| Gate::chained(Chain::Checks(c.into()), timeout_ms, on_failure))
+                checks.map(|c| Gate::chained(Chain::Checks(c.into()), timeout_ms, on_failure, mode))
             }
             (None, None, Some(name)) => {
                 if super::validate_agent_id(name) {
@@ -358,12 +373,12 @@ impl<'de> Fields<'de> for AgentsFields<'_, '_> {
             if !valid {
                 l.problem(format_args!("{at}: {NOT_AGENT_ID}"));
             }
-            let AgentFields { gate, .. } =
-                map.next_value_seed(Object(AgentFields { l: &mut *l, at, gate: None, seen_gate: false }))?;
+            let fields = AgentFields { l: &mut *l, at, gate: None, context_wait_ms: 0, seen: [false; 2] };
+            let AgentFields { gate, context_wait_ms, .. } = map.next_value_seed(Object(fields))?;
             let gate = gate.and_then(|spec| l.gate(spec, at));
             if valid {
                 let id = l.intern(&key);
-                l.agents.insert(id, Agent { gate });
+                l.agents.insert(id, Agent { gate, context_wait_ms });
             }
         }
         Ok(())
@@ -376,26 +391,49 @@ impl<'de> Fields<'de> for AgentsFields<'_, '_> {
     }
 }
 
-/// One agent: `{"gate": ...}`.
+/// One agent: `{"gate": ..., "context_wait_ms": ...}`.
 struct AgentFields<'l, 'o, 'k, 'de> {
     l: &'l mut Loader<'o>,
     at: Entry<'k>,
     gate: Option<GateSpec<'de>>,
-    seen_gate: bool,
+    context_wait_ms: u32,
+    /// `gate`, `context_wait_ms`.
+    seen: [bool; 2],
 }
 
 impl<'de> Fields<'de> for AgentFields<'_, '_, '_, 'de> {
     fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
         let at = self.at;
         while let Some(Str(field)) = map.next_key::<Str<'de>>()? {
-            if field != "gate" {
-                self.l.problem(format_args!("{at}: unknown field {}, expected `gate`", Name(&field)));
+            let Some(i) = ["gate", "context_wait_ms"].iter().position(|f| *f == field) else {
+                let name = Name(&field);
+                self.l.problem(format_args!(
+                    "{at}: unknown field {name}, expected `gate` or `context_wait_ms`"
+                ));
                 map.next_value::<IgnoredAny>()?;
-            } else if std::mem::replace(&mut self.seen_gate, true) {
-                self.l.problem(format_args!("{at}: duplicate field `gate`"));
+                continue;
+            };
+            if std::mem::replace(&mut self.seen[i], true) {
+                self.l.problem(format_args!("{at}: duplicate field `{field}`"));
                 map.next_value::<IgnoredAny>()?;
-            } else {
+            } else if i == 0 {
                 self.gate = map.next_value_seed(Object(GateFields::new(&mut *self.l, at)))?.spec();
+            } else {
+                match map.next_value::<Scalar<'de>>()? {
+                    Scalar::Int(ms) if ms <= u64::from(MAX_CONTEXT_WAIT_MS) => {
+                        self.context_wait_ms = ms as u32
+                    }
+                    Scalar::Int(ms) => {
+                        self.l.problem(format_args!("{at}.context_wait_ms: {BAD_CONTEXT_WAIT} (got {ms})"))
+                    }
+                    Scalar::Null => {}
+                    other => {
+                        let kind = other.kind();
+                        self.l.problem(format_args!(
+                            "{at}.context_wait_ms: invalid type: {kind}, expected an integer (0 to 5000)"
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -508,7 +546,7 @@ impl<'de> Fields<'de> for NumberFields<'_, '_, '_, 'de> {
     }
 }
 
-/// A gate: `{"url": ..., "timeout_ms": ..., "on_failure": ...}`; `null` is no gate.
+/// A gate: `{"url": ..., "timeout_ms": ..., "on_failure": ..., "mode": ...}`; `null` is no gate.
 struct GateFields<'l, 'o, 'k, 'de> {
     l: &'l mut Loader<'o>,
     at: Entry<'k>,
@@ -519,11 +557,12 @@ struct GateFields<'l, 'o, 'k, 'de> {
     on_failure: Option<Cow<'de, str>>,
     checks: Option<serde_json::Value>,
     check_set: Option<Cow<'de, str>>,
-    /// `url`, `timeout_ms`, `on_failure`, `checks`, `check_set`.
-    seen: [bool; 5],
+    mode: Option<Cow<'de, str>>,
+    /// `url`, `timeout_ms`, `on_failure`, `mode`, `checks`, `check_set`.
+    seen: [bool; 6],
 }
 
-const GATE_FIELDS: [&str; 5] = ["url", "timeout_ms", "on_failure", "checks", "check_set"];
+const GATE_FIELDS: [&str; 6] = ["url", "timeout_ms", "on_failure", "mode", "checks", "check_set"];
 
 impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
     fn new(l: &'l mut Loader<'o>, at: Entry<'k>) -> Self {
@@ -536,7 +575,8 @@ impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
             on_failure: None,
             checks: None,
             check_set: None,
-            seen: [false; 5],
+            mode: None,
+            seen: [false; 6],
         }
     }
 
@@ -545,7 +585,7 @@ impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
         if !self.object {
             return None;
         }
-        let kinds = [&self.seen[0], &self.seen[3], &self.seen[4]].into_iter().filter(|s| **s).count();
+        let kinds = [&self.seen[0], &self.seen[4], &self.seen[5]].into_iter().filter(|s| **s).count();
         let given = usize::from(self.url.is_some())
             + usize::from(self.checks.is_some())
             + usize::from(self.check_set.is_some());
@@ -562,6 +602,7 @@ impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
             check_set: self.check_set,
             timeout_ms: self.timeout_ms,
             on_failure: self.on_failure,
+            mode: self.mode,
         })
     }
 }
@@ -574,7 +615,7 @@ impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
             let Some(i) = GATE_FIELDS.iter().position(|f| *f == field) else {
                 let name = Name(&field);
                 self.l.problem(format_args!(
-                    "{at}.gate: unknown field {name}, expected `url`, `checks`, `check_set`, `timeout_ms` or `on_failure`"
+                    "{at}.gate: unknown field {name}, expected `url`, `checks`, `check_set`, `timeout_ms`, `on_failure` or `mode`"
                 ));
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -585,7 +626,7 @@ impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            if i == 3 {
+            if i == 4 {
                 let super::checks::StrictValue(checks) = map.next_value()?;
                 self.checks = Some(checks);
                 continue;
@@ -594,8 +635,9 @@ impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
                 (0, Scalar::Str(url)) => self.url = Some(url),
                 (1, Scalar::Int(ms)) => self.timeout_ms = Some(ms),
                 (2, Scalar::Str(policy)) => self.on_failure = Some(policy),
-                (4, Scalar::Str(name)) => self.check_set = Some(name),
-                (1 | 2, Scalar::Null) => {}
+                (5, Scalar::Str(name)) => self.check_set = Some(name),
+                (3, Scalar::Str(mode)) => self.mode = Some(mode),
+                (1..=3, Scalar::Null) => {}
                 (_, other) => {
                     let (kind, want) = (other.kind(), if i == 1 { "an integer" } else { "a string" });
                     self.l.problem(format_args!("{at}.gate.{name}: invalid type: {kind}, expected {want}"));
@@ -702,9 +744,13 @@ impl Serialize for SortedNumbers<'_> {
 
 impl Serialize for Agent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(usize::from(self.gate.is_some())))?;
+        let len = usize::from(self.gate.is_some()) + usize::from(self.context_wait_ms > 0);
+        let mut map = s.serialize_map(Some(len))?;
         if let Some(gate) = &self.gate {
             map.serialize_entry("gate", &**gate)?;
+        }
+        if self.context_wait_ms > 0 {
+            map.serialize_entry("context_wait_ms", &self.context_wait_ms)?;
         }
         map.end()
     }
@@ -742,11 +788,13 @@ impl<'k, V: Serialize, I: Iterator<Item = (&'k str, V)>> Serialize for SerMap<I>
     }
 }
 
-/// The routes-file form, secrets and all. `on_failure` is written only when not the default.
+/// The routes-file form, secrets and all. `on_failure` and `mode` are written only when not
+/// the default.
 impl Serialize for Gate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let reject = self.on_failure == OnFailure::Reject;
-        let len = 1 + usize::from(self.timeout_ms.is_some()) + usize::from(reject);
+        let shadow = self.mode == Mode::Shadow;
+        let len = 1 + usize::from(self.timeout_ms.is_some()) + usize::from(reject) + usize::from(shadow);
         let mut map = s.serialize_map(Some(len))?;
         match &self.chain {
             None => map.serialize_entry("url", &*self.url)?,
@@ -758,6 +806,9 @@ impl Serialize for Gate {
         }
         if reject {
             map.serialize_entry("on_failure", OnFailure::Reject.as_str())?;
+        }
+        if shadow {
+            map.serialize_entry("mode", Mode::Shadow.as_str())?;
         }
         map.end()
     }
@@ -875,9 +926,12 @@ mod tests {
             (r#"{"agent": {}}"#, "unknown field `agent`, expected `agents`, `numbers` or `check_sets`"),
             (
                 r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout": 5}}}}"#,
-                "agents.a.gate: unknown field `timeout`, expected `url`, `checks`, `check_set`, `timeout_ms` or `on_failure`",
+                "agents.a.gate: unknown field `timeout`, expected `url`, `checks`, `check_set`, `timeout_ms`, `on_failure` or `mode`",
             ),
-            (r#"{"agents": {"a": {"gates": {}}}}"#, "agents.a: unknown field `gates`, expected `gate`"),
+            (
+                r#"{"agents": {"a": {"gates": {}}}}"#,
+                "agents.a: unknown field `gates`, expected `gate` or `context_wait_ms`",
+            ),
             (
                 r#"{"numbers": {"+447700900123": {"agent": "a"}}}"#,
                 "numbers.\"+447700900123\": unknown field `agent`, expected `agent_id` or `gate`",
@@ -947,7 +1001,7 @@ mod tests {
         let want = [
             "unknown field `agent`, expected `agents`, `numbers` or `check_sets`",
             "agents.a1.gate.timeout_ms: invalid type: string, expected an integer",
-            "agents.a1.gate: unknown field `retry`, expected `url`, `checks`, `check_set`, `timeout_ms` or `on_failure`",
+            "agents.a1.gate: unknown field `retry`, expected `url`, `checks`, `check_set`, `timeout_ms`, `on_failure` or `mode`",
             "agents.a1.gate.url: must be https:// (or http:// with --allow-insecure-gates)",
             "agents.a1: duplicate key",
             &format!("numbers.\"+1\": {NOT_E164}"),
@@ -1022,6 +1076,42 @@ mod tests {
         let t = RouteTable::parse(json.as_bytes(), &STRICT).unwrap();
         let g = t.number_gate("+447700900123").unwrap();
         assert_eq!((g.timeout_ms(), g.on_failure()), (Some(100), OnFailure::Accept));
+    }
+
+    #[test]
+    fn a_gates_mode_is_enforce_or_shadow_and_round_trips() {
+        let gate = |fields: &str| {
+            format!(r#"{{"numbers": {{"+447700900123": {{"gate": {{"url": "https://x/", {fields}}}}}}}}}"#)
+        };
+        let at = "numbers.\"+447700900123\".gate";
+        for bad in [r#""mode": "Shadow""#, r#""mode": "observe""#, r#""mode": """#] {
+            assert_eq!(problem(&gate(bad)), format!("{at}.mode: must be \"enforce\" or \"shadow\""));
+        }
+        assert_eq!(
+            problem(&gate(r#""mode": 1"#)),
+            format!("{at}.mode: invalid type: integer, expected a string")
+        );
+        let t = RouteTable::parse(gate(r#""mode": "shadow""#).as_bytes(), &STRICT).unwrap();
+        assert_eq!(t.number_gate("+447700900123").unwrap().mode(), Mode::Shadow);
+        let value = t.to_json();
+        assert_eq!(value["numbers"]["+447700900123"]["gate"]["mode"], "shadow");
+        assert_eq!(RouteTable::parse(value.to_string().as_bytes(), &STRICT).unwrap(), t);
+        let t = RouteTable::parse(gate(r#""mode": "enforce""#).as_bytes(), &STRICT).unwrap();
+        assert_eq!(t.number_gate("+447700900123").unwrap().mode(), Mode::Enforce);
+        assert!(
+            t.to_json()["numbers"]["+447700900123"]["gate"].get("mode").is_none(),
+            "the default is not written"
+        );
+    }
+
+    #[test]
+    fn gates_on_one_scheme_host_and_port_share_an_origin() {
+        let origin = |url: &str| Gate::new(url, None, OnFailure::Accept, &INSECURE).unwrap().origin().clone();
+        assert_eq!(origin("https://g.example/a?token=S3CRET"), origin("https://g.example:443/b").clone());
+        assert_eq!(&*origin("https://g.example/a"), "https://g.example:443");
+        assert_ne!(origin("https://g.example/a"), origin("http://g.example/a"));
+        assert_ne!(origin("https://g.example/a"), origin("https://g.example:8443/a"));
+        assert_ne!(origin("https://g.example/a"), origin("https://h.example/a"));
     }
 
     #[test]
@@ -1147,6 +1237,30 @@ mod tests {
                 "check_sets.s[0].http_request.max_retries: must be 1 to 5 (got 9)",
             ),
             (r#"{"check_sets": {"s": {}}}"#, "check_sets.s: invalid type: object, expected an array of checks"),
+    fn context_wait_is_checked_and_round_trips() {
+        let json = r#"{"agents": {"a": {"context_wait_ms": 1500}, "b": {"context_wait_ms": 0}}}"#;
+        let t = RouteTable::parse(json.as_bytes(), &STRICT).unwrap();
+        assert_eq!((t.agent_context_wait_ms("a"), t.agent_context_wait_ms("b")), (1500, 0));
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(text, r#"{"agents":{"a":{"context_wait_ms":1500},"b":{}},"numbers":{}}"#);
+        assert_eq!(RouteTable::parse(text.as_bytes(), &STRICT).unwrap(), t);
+        let cases = [
+            (
+                r#"{"agents": {"a": {"context_wait_ms": 5001}}}"#,
+                "agents.a.context_wait_ms: must be 0 to 5000 (got 5001)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": -1}}}"#,
+                "agents.a.context_wait_ms: invalid type: negative integer, expected an integer (0 to 5000)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": "1500"}}}"#,
+                "agents.a.context_wait_ms: invalid type: string, expected an integer (0 to 5000)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": 1, "context_wait_ms": 2}}}"#,
+                "agents.a: duplicate field `context_wait_ms`",
+            ),
         ];
         for (json, want) in cases {
             assert_eq!(problem(json), want);

@@ -49,6 +49,40 @@ impl FromStr for OnFailure {
     }
 }
 
+/// Whether a gate's decision is enforced or only observed (SPEC §3 `mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The gate's decision stands. The default.
+    #[default]
+    Enforce,
+    /// The gate is asked and its decision recorded, but the call is always forwarded
+    /// (`shadow_reject` where it would have been blocked) and its enrichment is not forwarded.
+    Shadow,
+}
+
+impl Mode {
+    /// The routes-file spelling: `"enforce"` or `"shadow"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = GateError;
+
+    /// Exactly `enforce` or `shadow`.
+    fn from_str(s: &str) -> Result<Mode, GateError> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "shadow" => Ok(Mode::Shadow),
+            _ => Err(GateError::InvalidMode),
+        }
+    }
+}
+
 /// The `timeout_ms` a gate may carry.
 pub const GATE_TIMEOUT_MS: RangeInclusive<u32> = 100..=30_000;
 
@@ -65,6 +99,11 @@ pub struct Gate {
     pub(super) display: Box<str>,
     pub(super) timeout_ms: Option<u32>,
     pub(super) on_failure: OnFailure,
+    pub(super) mode: Mode,
+    /// `scheme://host:port` (the port always written): the circuit breaker's key, computed
+    /// once here so that a call's lookup allocates nothing. Empty for a chain gate, which has
+    /// no single origin.
+    pub(super) origin: Arc<str>,
     /// A chain gate's checks (then `url` is empty and `display` names the chain).
     pub(super) chain: Option<Chain>,
 }
@@ -78,7 +117,7 @@ pub enum Chain {
 
 impl Gate {
     /// A chain gate (its checks already validated).
-    pub fn chained(chain: Chain, timeout_ms: Option<u32>, on_failure: OnFailure) -> Gate {
+    pub fn chained(chain: Chain, timeout_ms: Option<u32>, on_failure: OnFailure, mode: Mode) -> Gate {
         let display = match &chain {
             Chain::Checks(_) => "checks".into(),
             Chain::Set(name) => format!("check_set {name}").into_boxed_str(),
@@ -89,6 +128,8 @@ impl Gate {
             display,
             timeout_ms,
             on_failure,
+            mode,
+            origin: "".into(),
             chain: Some(chain),
         }
     }
@@ -98,18 +139,18 @@ impl Gate {
         self.chain.as_ref()
     }
 
-    #[cfg(test)]
     /// Validates `url` and `timeout_ms` (see [`GATE_TIMEOUT_MS`]) into a gate; the first problem
-    /// found is the error. [`GateSpec::validate`] reports every problem instead.
+    /// found is the error (`callgate probe` builds its one gate so).
+    /// [`GateSpec::validate`](crate::routes::GateSpec::validate) reports every problem instead.
     pub fn new(
         url: &str,
         timeout_ms: Option<u32>,
         on_failure: OnFailure,
         opts: &ValidateOptions,
     ) -> Result<Gate, GateError> {
-        let (uri, display) = check_url(url, opts)?;
+        let (uri, display, origin) = check_url(url, opts)?;
         let timeout_ms = timeout_ms.map(|ms| check_timeout(ms.into())).transpose()?;
-        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure, chain: None })
+        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure, mode: Mode::Enforce, origin, chain: None })
     }
 
     /// The URL exactly as configured (empty for a chain gate). May contain a secret query or
@@ -137,6 +178,16 @@ impl Gate {
     pub fn on_failure(&self) -> OnFailure {
         self.on_failure
     }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `scheme://host:port` of the URL: gates that share it share a circuit. Holds no secret
+    /// (no path, query or userinfo), but logs name the host only.
+    pub fn origin(&self) -> &Arc<str> {
+        &self.origin
+    }
 }
 
 // `uri` and `display` are derived from `url`, so they need no comparing.
@@ -146,6 +197,7 @@ impl PartialEq for Gate {
             && self.timeout_ms == other.timeout_ms
             && self.on_failure == other.on_failure
             && self.chain == other.chain
+            && self.mode == other.mode
     }
 }
 
@@ -157,6 +209,7 @@ impl fmt::Debug for Gate {
             .field("url", &self.display)
             .field("timeout_ms", &self.timeout_ms)
             .field("on_failure", &self.on_failure)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -194,10 +247,12 @@ pub enum GateError {
     Check(String),
     #[error("check_set: {0}")]
     CheckSet(&'static str),
+    #[error("mode: must be \"enforce\" or \"shadow\"")]
+    InvalidMode,
 }
 
 impl GateError {
-    /// The gate field at fault: `url`, `timeout_ms` or `on_failure`.
+    /// The gate field at fault: `url`, `timeout_ms`, `on_failure` or `mode`.
     pub fn field(&self) -> &'static str {
         match self {
             GateError::InvalidUrl(_)
@@ -211,12 +266,16 @@ impl GateError {
             GateError::Kind => "gate",
             GateError::Check(_) => "checks",
             GateError::CheckSet(_) => "check_set",
+            GateError::InvalidMode => "mode",
         }
     }
 }
 
-/// Checks a gate URL; returns it parsed for sending and in its loggable form.
-pub(super) fn check_url(raw: &str, opts: &ValidateOptions) -> Result<(http::Uri, Box<str>), GateError> {
+/// Checks a gate URL; returns it parsed for sending, in its loggable form, and its origin.
+pub(super) fn check_url(
+    raw: &str,
+    opts: &ValidateOptions,
+) -> Result<(http::Uri, Box<str>, Arc<str>), GateError> {
     // The url crate would quietly trim or drop these; a URL holding them is a typo.
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(GateError::UrlWhitespace);
@@ -239,7 +298,9 @@ pub(super) fn check_url(raw: &str, opts: &ValidateOptions) -> Result<(http::Uri,
     };
     // The normalised form is plain ASCII (IDNA, percent-encoding), which http::Uri accepts.
     let uri = http::Uri::try_from(&url[..url::Position::AfterQuery]).map_err(GateError::InvalidUri)?;
-    Ok((uri, display.into_boxed_str()))
+    let port = url.port_or_known_default().unwrap_or_default();
+    let origin: Arc<str> = format!("{}://{host}:{port}", url.scheme()).into();
+    Ok((uri, display.into_boxed_str(), origin))
 }
 
 pub(super) fn check_timeout(ms: u64) -> Result<u32, GateError> {

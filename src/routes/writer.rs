@@ -39,6 +39,11 @@ pub enum Edit {
         name: String,
         checks: Option<std::sync::Arc<[super::Check]>>,
     },
+    /// 0 to [`super::MAX_CONTEXT_WAIT_MS`].
+    AgentContextWait {
+        agent_id: String,
+        wait_ms: u32,
+    },
 }
 
 /// Why the routes file could not be loaded at start-up.
@@ -368,6 +373,7 @@ fn apply_one(table: &mut RouteTable, edit: Edit) -> Result<bool, WriteError> {
         Edit::AgentGate { agent_id, gate } => Ok(table.set_agent_gate(&agent_id, gate)),
         Edit::NumberGate { number, gate } => table.set_number_gate(&number, gate),
         Edit::NumberAgent { number, agent_id } => table.set_number_agent(&number, agent_id.as_deref()),
+        Edit::AgentContextWait { agent_id, wait_ms } => Ok(table.set_agent_context_wait(&agent_id, wait_ms)),
     };
     // Values are validated before they are queued; a failure here is a bug, not bad input.
     Ok(had.expect("edits are validated before they are queued"))

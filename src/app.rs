@@ -121,6 +121,8 @@ pub struct App {
     pub table_loaded: tokio::sync::watch::Sender<bool>,
     /// Upgraded streams in flight (also held by the engine), drained on shutdown.
     pub streams: TaskTracker,
+    /// Secrets for check placeholders (`--credentials`).
+    pub credentials: Arc<crate::credentials::Credentials>,
     ready: AtomicBool,
 }
 
@@ -134,12 +136,8 @@ impl App {
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
-        let engine = Engine::new(
-            settings.upstream.clone(),
-            settings.idle_timeout,
-            streams.clone(),
-            settings.workers,
-        );
+        let engine =
+            Engine::new(settings.upstream.clone(), settings.idle_timeout, streams.clone(), settings.workers);
         let verifier = (settings.twilio_signature != SignatureMode::Off).then(|| {
             Verifier::new(
                 settings.twilio_auth_tokens.iter().map(|t| t.expose().to_owned()).collect(),
@@ -173,6 +171,7 @@ impl App {
             voice_paths,
             signed_paths,
             streams,
+            credentials: Arc::default(),
             table_loaded: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
         }
@@ -205,6 +204,8 @@ impl App {
         Stages {
             routes: &self.routes,
             gate: &self.gate,
+            credentials: &self.credentials,
+            clock: jiff::Timestamp::now,
             breaker: &self.breaker,
             dedup: &self.dedup,
             contexts: &*self.contexts,

@@ -18,9 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::task::TaskTracker;
 
-use crate::decide::Decision;
 use crate::body::{ClientBody, ClientFault};
 use crate::conn::{Activity, Tracked};
+use crate::decide::Decision;
 use crate::metrics::UpstreamCause;
 use crate::settings::Upstream;
 use crate::wire::{X_CALLGATE_AGENT_ID, X_CALLGATE_CONTEXT, X_CALLGATE_DECISION};
@@ -121,12 +121,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        upstream: Upstream,
-        idle_timeout: Duration,
-        streams: TaskTracker,
-        workers: usize,
-    ) -> Engine {
+    pub fn new(upstream: Upstream, idle_timeout: Duration, streams: TaskTracker, workers: usize) -> Engine {
         let client = PerWorker::new(workers, || {
             let mut http = HttpConnector::new();
             http.set_nodelay(true);

@@ -81,6 +81,9 @@ pub struct CheckArgs {
     /// Engine timeout, added to each gate's timeout for the 15 s warning.
     #[arg(long, env = "CALLGATE_UPSTREAM_TIMEOUT", default_value = "9s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// Credentials file: each credential_id the routes name must be in it.
+    #[arg(long, env = "CALLGATE_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
     /// The Twilio deadline, for the context-wait warning.
     #[arg(long, env = "CALLGATE_TWILIO_DEADLINE", default_value = "14s", value_parser = parse_duration)]
     pub twilio_deadline: Duration,
@@ -196,6 +199,9 @@ pub struct ServeArgs {
     /// Recent decisions kept for GET /v1/calls/{call_sid}.
     #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
     pub decision_log_size: u32,
+    /// Secrets for check placeholders, {"cred_id": {"key": "secret"}}; hot-reloaded.
+    #[arg(long, env = "CALLGATE_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
     /// Where decision events go (reject, fail_closed, fail_open); https://, or http:// with
     /// --allow-insecure-gates.
     #[arg(long, env = "CALLGATE_EVENTS_URL")]
@@ -456,6 +462,7 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub twilio_deadline: Duration,
     pub decision_log_size: usize,
+    pub credentials: Option<PathBuf>,
     /// `--events-url`; with it, `events_signing_secret` is set.
     pub events_url: Option<EventsUrl>,
     pub events_signing_secret: Option<Secret>,
@@ -558,6 +565,7 @@ impl Settings {
             tls_key: args.tls_key,
             twilio_deadline: args.twilio_deadline,
             decision_log_size: args.decision_log_size as usize,
+            credentials: args.credentials,
             events_url,
             events_signing_secret: args.events_signing_secret,
             events_retry_schedule: args.events_retry_schedule,
@@ -588,6 +596,7 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             signed_paths: Vec::new(),
+            credentials: None,
             events_url: None,
             events_signing_secret: None,
             ..args

@@ -88,6 +88,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let options = settings.validate_options();
     let metrics = metrics::get();
+    metrics.record_signature_mode(settings.twilio_signature.as_str());
     let server_tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key)?),
         _ => None,

@@ -118,7 +118,12 @@ pub struct Metrics {
     admin_writes_error: Counter,
     tls_reloads_ok: Counter,
     tls_reloads_error: Counter,
+    /// By `SIGNATURE_MODES`.
+    signature_mode: [Gauge; 3],
 }
+
+/// The `mode` label values of `callgate_twilio_signature_mode` (`--twilio-signature`).
+const SIGNATURE_MODES: [&str; 3] = ["enforce", "report", "off"];
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -162,6 +167,8 @@ impl Metrics {
             admin_writes_error: metrics::counter!("callgate_admin_writes_total", "result" => "error"),
             tls_reloads_ok: metrics::counter!("callgate_tls_reloads_total", "result" => "ok"),
             tls_reloads_error: metrics::counter!("callgate_tls_reloads_total", "result" => "error"),
+            signature_mode: SIGNATURE_MODES
+                .map(|m| metrics::gauge!("callgate_twilio_signature_mode", "mode" => m)),
         };
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
@@ -217,6 +224,13 @@ impl Metrics {
 
     pub fn record_signature_failure(&self) {
         self.signature_failures.increment(1);
+    }
+
+    /// 1 for the `--twilio-signature` mode in force (`enforce`, `report` or `off`), 0 for the others.
+    pub fn record_signature_mode(&self, mode: &str) {
+        for (gauge, m) in self.signature_mode.iter().zip(SIGNATURE_MODES) {
+            gauge.set(if m == mode { 1.0 } else { 0.0 });
+        }
     }
 
     pub fn record_reload(&self, ok: bool) {
@@ -282,6 +296,10 @@ fn describe() {
     describe_counter!(
         "callgate_twilio_signature_failures_total",
         "Requests whose X-Twilio-Signature did not validate."
+    );
+    describe_gauge!(
+        "callgate_twilio_signature_mode",
+        "1 for the --twilio-signature mode in force (enforce, report, off), 0 for the others."
     );
     describe_counter!("callgate_routes_reloads_total", "Routes file reloads, by result.");
     describe_gauge!("callgate_routes_entries", "Entries in the routing table in force, by kind.");

@@ -15,7 +15,8 @@
 //! - [`webhook`]: the voice webhook; the only place that orders a call's phases.
 //!   [`webhook::twilio`] parses Twilio's form, [`webhook::signature`] checks
 //!   `X-Twilio-Signature`, [`webhook::twiml`] renders the reject.
-//! - [`gate`]: the pooled gate client and the strict reading of its answer.
+//! - [`gate`]: the pooled gate client and the strict reading of its answer; [`dns`] resolves
+//!   gate hosts on a bounded pool with a short cache.
 //! - [`engine`]: forwarding to the voice engine, header hygiene, WebSocket relays.
 //! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
@@ -29,6 +30,7 @@ pub mod app;
 pub mod body;
 pub mod conn;
 pub mod demo;
+pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod gate;

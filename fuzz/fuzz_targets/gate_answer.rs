@@ -8,7 +8,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let decision = parse_answer(data);
     let value: Option<serde_json::Value> = serde_json::from_slice(data).ok();
-    let action = value.as_ref().and_then(|v| v.as_object()).and_then(|o| o.get("action")).and_then(|a| a.as_str());
+    let action =
+        value.as_ref().and_then(|v| v.as_object()).and_then(|o| o.get("action")).and_then(|a| a.as_str());
     match decision {
         GateDecision::Accept => assert_eq!(action, Some("accept")),
         GateDecision::Reject { reason } => {

@@ -27,11 +27,17 @@ fuzz_target!(|data: &[u8]| {
     assert!(scheme == "http" || scheme == "https", "{url}");
     let authority = rest.strip_suffix(target.as_str()).expect("ends with the target");
     assert!(!authority.contains(['/', '?', '#', '@', ' ']), "{url}");
-    let first = |v: &HeaderValue| v.to_str().ok().map(|s| s.split(',').next().unwrap_or("").trim().to_owned());
+    let first =
+        |v: &HeaderValue| v.to_str().ok().map(|s| s.split(',').next().unwrap_or("").trim().to_owned());
     let chosen = headers.get("x-forwarded-host").and_then(first).filter(|s| !s.is_empty());
     let chosen = chosen.or_else(|| headers.get("host").and_then(first)).unwrap_or_default();
     assert_eq!(authority, chosen, "{url}");
     let verifier = Verifier::new(vec!["token".into()], vec![("key".into(), "secret".into())]);
-    let _ = verifier.verify(&url, SignedBody::Json(data), Some(signature), Some(b"key=key,algorithm=HMAC_SHA256"));
+    let _ = verifier.verify(
+        &url,
+        SignedBody::Json(data),
+        Some(signature),
+        Some(b"key=key,algorithm=HMAC_SHA256"),
+    );
     let _ = verifier.verify(&url, SignedBody::Nothing, Some(signature), None);
 });

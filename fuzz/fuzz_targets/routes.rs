@@ -1,6 +1,7 @@
 //! The routes file (`RouteTable::parse`): never panics; problems are single lines, at most 100
-//! and a count, and never show the seeds' gate token (S3CRET); a table it accepts serialises to
-//! a file that parses back to the same table.
+//! and a count; a table it accepts serialises to a file that parses back to the same table.
+//! (That a gate URL's token never shows in a problem is tested in `routes::file`: here the
+//! fuzzer moves the seeds' token into keys, which problems name by design.)
 #![no_main]
 
 use callgate::routes::{RouteTable, ValidateOptions};
@@ -19,7 +20,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(e.problems.len() <= 101, "at most 100 problems and a count");
             for p in &e.problems {
                 assert!(!p.contains('\n'), "one line per problem: {p:?}");
-                assert!(!p.contains("S3CRET"), "a secret in a problem: {p:?}");
             }
         }
     }

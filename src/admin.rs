@@ -2,6 +2,8 @@
 //! Writes go only through the routes writer; every answer is JSON, errors as
 //! `{"error":{"code":"...","message":"..."}}`.
 
+mod context;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,20 +15,22 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use crate::app::App;
-use crate::body;
-use crate::error::RequestError;
+use crate::body::{self, BodyError};
+use crate::decide::record::Record;
+use crate::decide::{decide, Call, Deadline};
 use crate::routes::writer::{Edit, WriteError};
 use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec, RouteTable};
 use crate::settings::ApiKey;
-use crate::ResBody;
+use crate::wire::ResBody;
 
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-/// A successful admin answer: a JSON value, or JSON already serialised.
+/// A successful admin answer: a JSON value, or JSON already serialised; `Accepted` is a 202.
 enum Answer {
     Json(Value),
     Raw(Bytes),
+    Accepted(Value),
 }
 
 impl From<Value> for Answer {
@@ -81,6 +85,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<ResBo
     match result {
         Ok(Answer::Json(body)) => json_response(StatusCode::OK, &body),
         Ok(Answer::Raw(body)) => text(StatusCode::OK, "application/json", body),
+        Ok(Answer::Accepted(body)) => json_response(StatusCode::ACCEPTED, &body),
         Err(e) => error(e.status, e.code, &e.message),
     }
 }
@@ -138,6 +143,52 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
                 _ => Err(not_allowed()),
             }
         }
+        ["v1", "test-call"] => match *method {
+            Method::POST => test_call(app, &parts.headers, body).await,
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
+        ["v1", "context"] => match *method {
+            Method::POST => {
+                let pushed = context::read_push(&parts.headers, body, app.settings.header_timeout).await;
+                let (agent_id, caller, fields) = pushed.inspect_err(|_| {
+                    app.metrics.record_context(crate::decide::context::ContextResult::Refused)
+                })?;
+                app.contexts.push(&agent_id, &caller, fields).await;
+                let expires_in_s = app.contexts.ttl().as_secs();
+                Ok(Answer::Accepted(json!({ "ok": true, "expires_in_s": expires_in_s })))
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
+        ["v1", "agents", id] => {
+            let agent_id = agent_id(id)?;
+            match *method {
+                Method::PUT => {
+                    let value = read_json(&parts.headers, body, app.settings.header_timeout).await?;
+                    let wait_ms = context::read_agent_settings(&value)?;
+                    app.writer.edit(Edit::AgentContextWait { agent_id: agent_id.clone(), wait_ms }).await?;
+                    Ok(json!({ "agent_id": agent_id, "context_wait_ms": wait_ms }).into())
+                }
+                Method::GET => {
+                    let wait_ms = app.routes.load().agent_context_wait_ms(&agent_id);
+                    Ok(json!({ "agent_id": agent_id, "context_wait_ms": wait_ms }).into())
+                }
+                _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use PUT or GET")),
+            }
+        }
+        ["v1", "calls", call_sid] => match *method {
+            Method::GET => {
+                let sid = decoded(call_sid).unwrap_or_default();
+                match app.decisions.get(&sid) {
+                    Some(record) => Ok(serde_json::to_value(&*record).expect("a record serialises").into()),
+                    None => Err(api_error(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        "no recent decision for that call (unknown, or older than the last --decision-log-size)",
+                    )),
+                }
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")),
+        },
         ["v1", "routes"] => match *method {
             // Serialised straight from the table, so a million numbers never become a `Value`,
             // and off the runtime, which also answers probes and scrapes.
@@ -151,8 +202,55 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             }
             _ => Err(not_allowed()),
         },
+        ["v1", "events", "test"] => match *method {
+            Method::POST => {
+                let Some(events) = &app.events else {
+                    return Err(api_error(
+                        StatusCode::CONFLICT,
+                        "not_configured",
+                        "decision events are off: start callgate with --events-url and --events-signing-secret",
+                    ));
+                };
+                Ok(json!(events.send_test().await).into())
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
         _ => Err(api_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     }
+}
+
+/// `POST /v1/test-call` (SPEC §16): a call through resolution, context and the gate, told it is
+/// a test (`"test": true`), answered with the decision record it would get. Nothing is
+/// forwarded, kept or counted as a call.
+async fn test_call(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Answer, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TestCall {
+        to: String,
+        #[serde(default)]
+        from: String,
+    }
+    let value = read_json(headers, body, app.settings.header_timeout).await?;
+    if !value.get("to").is_some_and(Value::is_string) {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "to is required and must be a string",
+        ));
+    }
+    let request: TestCall = from_value(&value)?;
+    let call = Call { call_id: test_call_sid(), from: request.from, to: request.to, test: true };
+    let deadline = Deadline::new(std::time::Instant::now(), app.settings.twilio_deadline);
+    let verdict = decide(&app.stages(), &call, deadline).await;
+    let record = Record::new(&call, &verdict, std::time::SystemTime::now());
+    Ok(serde_json::to_value(record).expect("a record serialises").into())
+}
+
+/// A CallSid for a test call: `CA` and 32 hex digits, from the process's random hash keys.
+fn test_call_sid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("CA{:016x}{:016x}", random(), random())
 }
 
 /// What a gate endpoint sets the gate of: an agent (`/precall/agent/{agent_id}`) or a number
@@ -285,14 +383,14 @@ async fn read_json(headers: &HeaderMap, body: Incoming, within: Duration) -> Res
     }
     let bytes = match body::read(headers, body, MAX_ADMIN_BODY, within).await {
         Ok(bytes) => bytes,
-        Err(RequestError::BodyTooLarge(_)) => {
+        Err(BodyError::TooLarge(_)) => {
             return Err(api_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 "the body is over 64 KiB",
             ))
         }
-        Err(RequestError::BodyTimeout(_)) => {
+        Err(BodyError::Timeout(_)) => {
             return Err(api_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "request_timeout",
@@ -369,7 +467,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?}`, validated.
+/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?, "mode"?}`, validated.
 async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gate, ApiError> {
     let value = read_json(headers, body, app.settings.header_timeout).await?;
     let Value::Object(object) = &value else {
@@ -427,6 +525,7 @@ fn gate_answer(key: &str, id: &str, gate: &Gate) -> Value {
         answer["timeout_ms"] = json!(ms);
     }
     answer["on_failure"] = json!(gate.on_failure().as_str());
+    answer["mode"] = json!(gate.mode().as_str());
     answer
 }
 

@@ -1,27 +1,46 @@
 //! The state every request shares (settings, the routes store, the gate and engine clients,
-//! readiness) and the two ways a request leaves callgate for the engine.
+//! the decision log, readiness) and the two ways a request leaves callgate for the engine.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use http_body_util::{Either, Limited};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
-use crate::engine::{Engine, EngineBody, Peer, MAX_STREAMED_BODY};
+use crate::decide::breaker::Breaker;
+use crate::decide::context::{ContextStore, MemoryContexts};
+use crate::decide::dedup::Dedup;
+use crate::decide::record::DecisionLog;
+use crate::decide::Stages;
+use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
 use crate::error::RequestError;
+use crate::events::Events;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
 use crate::settings::{Settings, SignatureMode};
 use crate::webhook::signature::Verifier;
-use crate::webhook::{self, Waits};
-use crate::ResBody;
+use crate::wire::ResBody;
+
+/// A request's answer, and how long it waited on others (the gate, the engine): the rest of its
+/// time in callgate is callgate's own overhead.
+pub struct Served {
+    pub response: Response<ResBody>,
+    pub waited: Duration,
+}
+
+impl Served {
+    /// callgate's own answer to a request it refused, having waited on nobody.
+    pub fn refused(error: RequestError) -> Served {
+        Served { response: error.into_response(), waited: Duration::ZERO }
+    }
+}
 
 /// What a public-listener path is to callgate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,12 +53,16 @@ pub enum PathKind {
     Other,
 }
 
-/// A path in the form used to compare it with the configured ones: percent-escapes of
-/// unreserved characters decoded, ASCII lower case, repeated slashes collapsed, no trailing
-/// slash. Borrowed when the path is already in that form (the usual case).
+/// A path in the form used to compare it with the configured ones: percent-escapes decoded,
+/// ASCII lower case, `;` parameters cut from every segment, dot-segments removed (RFC 3986
+/// §5.2.4: `.` dropped, `..` drops the segment before it, never above the root), repeated
+/// slashes collapsed, no trailing slash. Borrowed when the path is already in that form (the
+/// usual case).
 pub fn canonical_path(path: &str) -> Cow<'_, str> {
     let needs_work = path.contains('%')
         || path.contains("//")
+        || path.contains(';')
+        || path.contains("/.")
         || (path.len() > 1 && path.ends_with('/'))
         || path.bytes().any(|b| b.is_ascii_uppercase());
     if !needs_work {
@@ -47,8 +70,20 @@ pub fn canonical_path(path: &str) -> Cow<'_, str> {
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(path).collect();
     let decoded = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        // `/twilio/voice;x=1` is routed as `/twilio/voice` by servlet-style engines.
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
     let mut out = String::with_capacity(decoded.len());
-    for segment in decoded.split('/').filter(|s| !s.is_empty()) {
+    for segment in segments {
         out.push('/');
         out.push_str(segment);
     }
@@ -65,8 +100,18 @@ pub struct App {
     /// The only way to change the table.
     pub writer: Writer,
     pub gate: GateClient,
+    /// Decision events, with `--events-url`.
+    pub events: Option<Events>,
     pub engine: Engine,
     pub metrics: &'static Metrics,
+    /// The last `--decision-log-size` decided calls.
+    pub decisions: DecisionLog,
+    /// One circuit per gate origin (`--breaker-failures`, `--breaker-cooldown`).
+    pub breaker: Breaker,
+    /// CallSids decided within `--dedup-window`.
+    pub dedup: Dedup,
+    /// Caller context pushed ahead of the call (`POST /v1/context`).
+    pub contexts: Arc<dyn ContextStore>,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
     pub verifier: Option<Verifier>,
     /// `--voice-path`s and `--signed-path`s in canonical form.
@@ -85,12 +130,13 @@ impl App {
         routes: Arc<RouteStore>,
         writer: Writer,
         gate: GateClient,
+        events: Option<Events>,
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
         let engine = Engine::new(
             settings.upstream.clone(),
-            settings.upstream_timeout,
+            settings.idle_timeout,
             streams.clone(),
             settings.workers,
         );
@@ -106,14 +152,23 @@ impl App {
         });
         let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
         let voice_paths = canonical(&settings.voice_paths);
+        let decisions = DecisionLog::start(settings.decision_log_size);
+        let contexts = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
         let signed_paths = canonical(&settings.signed_paths);
+        let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown, metrics);
+        let dedup = Dedup::new(settings.dedup_window);
         App {
+            breaker,
+            dedup,
             settings,
             routes,
             writer,
             gate,
+            events,
             engine,
             metrics,
+            decisions,
+            contexts,
             verifier,
             voice_paths,
             signed_paths,
@@ -145,55 +200,59 @@ impl App {
         }
     }
 
-    /// Forwards a request whose body callgate has read, with callgate's decision headers set
-    /// on voice paths (`decision`: the label and the agent id).
-    pub async fn forward_buffered(
+    /// What the decision core needs of the shared state.
+    pub fn stages(&self) -> Stages<'_> {
+        Stages {
+            routes: &self.routes,
+            gate: &self.gate,
+            breaker: &self.breaker,
+            dedup: &self.dedup,
+            contexts: &*self.contexts,
+        }
+    }
+
+    /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most
+    /// `timeout` for the engine's answer head.
+    pub async fn forward(
         &self,
         mut request: Request<EngineBody>,
         peer: Peer,
-        decision: Option<(&'static str, Option<&str>)>,
-        waits: &mut Waits,
-    ) -> Result<Response<ResBody>, RequestError> {
-        self.engine.prepare(&mut request, peer);
-        if let Some((label, agent_id)) = decision {
-            webhook::set_decision_headers(request.headers_mut(), label, agent_id);
-        }
-        self.send(request, waits).await
+        stamp: Stamp<'_>,
+        timeout: Duration,
+    ) -> Served {
+        self.engine.prepare(&mut request, peer, &stamp);
+        self.send(request, timeout).await
     }
 
     /// Forwards any other request, streaming its body (up to [`MAX_STREAMED_BODY`]).
-    pub async fn forward_stream(
-        &self,
-        request: Request<Incoming>,
-        peer: Peer,
-        waits: &mut Waits,
-    ) -> Result<Response<ResBody>, RequestError> {
+    pub async fn forward_stream(&self, request: Request<Incoming>, peer: Peer) -> Served {
         if body::declared_length(request.headers()).is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
-            return Err(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
+            return Served::refused(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
         }
-        let mut request = request.map(|b| Either::Right(Limited::new(b, MAX_STREAMED_BODY)));
-        self.engine.prepare(&mut request, peer);
-        self.send(request, waits).await
+        let within = self.settings.header_timeout;
+        let mut request = request.map(|b| Either::Right(body::ClientBody::new(b, MAX_STREAMED_BODY, within)));
+        self.engine.prepare(&mut request, peer, &Stamp::None);
+        self.send(request, self.settings.upstream_timeout).await
     }
 
-    async fn send(
-        &self,
-        request: Request<EngineBody>,
-        waits: &mut Waits,
-    ) -> Result<Response<ResBody>, RequestError> {
+    async fn send(&self, request: Request<EngineBody>, timeout: Duration) -> Served {
         let started = Instant::now();
-        let result = self.engine.forward(request).await;
-        waits.0 += started.elapsed();
-        match result {
-            Ok(response) => Ok(response.map(Either::Right)),
+        let result = self.engine.forward(request, timeout).await;
+        let waited = started.elapsed();
+        let response = match result {
+            Ok(response) => response.map(Either::Right),
             Err(e) => {
-                if let Some(cause) = e.cause() {
-                    self.metrics.record_upstream_error(cause);
+                match e.cause() {
+                    Some(cause) => {
+                        self.metrics.record_upstream_error(cause);
+                        tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
+                    }
+                    None => tracing::debug!(error = %e, "request refused or broken off by the client"),
                 }
-                tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
-                Err(e.into())
+                RequestError::from(e).into_response()
             }
-        }
+        };
+        Served { response, waited }
     }
 }
 
@@ -210,11 +269,22 @@ mod tests {
             "//twilio//voice",
             "/twilio/%76oice",
             "/TWILIO/voice//",
+            "/twilio/./voice",
+            "/twilio/a/../voice",
+            "/../twilio/voice",
+            "/twilio/voice;x=1",
+            "/twilio;a=b/voice;",
+            "/twilio/%2e/voice/.",
+            "/twilio/voice/a/%2E%2E",
+            "/twilio/voice/a/..;x/",
         ] {
             assert_eq!(canonical_path(path), "/twilio/voice", "{path}");
         }
         assert!(matches!(canonical_path("/twilio/voice"), std::borrow::Cow::Borrowed(_)));
         assert_eq!(canonical_path("/"), "/");
         assert_ne!(canonical_path("/twilio/voices"), "/twilio/voice");
+        assert_ne!(canonical_path("/twilio/voice/.."), "/twilio/voice");
+        assert_eq!(canonical_path("/.."), "/");
+        assert!(matches!(canonical_path("/twilio/v.oice"), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -2,15 +2,14 @@
 //! client sees. The match is exhaustive on purpose: a new failure does not compile until someone
 //! decides what Twilio gets.
 
-use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::{Response, StatusCode};
 
+use crate::body::{BodyError, ClientFault};
 use crate::engine::EngineError;
 use crate::webhook::signature::SignatureError;
 use crate::webhook::twilio::FormError;
-use crate::ResBody;
+pub use crate::wire::text_response;
+use crate::wire::ResBody;
 
 /// Why a request on the public listener got an answer from callgate rather than the engine.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +20,14 @@ pub enum RequestError {
     BodyRead(#[source] hyper::Error),
     #[error("the request body did not arrive within {0:?}")]
     BodyTimeout(std::time::Duration),
+    #[error("a GET or HEAD webhook carries no body: its signature covers the URL alone")]
+    BodyOnGet,
     #[error("malformed form body")]
     Form(#[from] FormError),
     #[error("inbound ringing call without To")]
     MissingTo,
-    #[error("X-Twilio-Signature did not validate: {0}")]
+    // The reason is logged, never answered: it would tell a prober which SharedKey ids exist.
+    #[error("X-Twilio-Signature did not validate")]
     Signature(#[from] SignatureError),
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -38,31 +40,35 @@ impl RequestError {
             RequestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::BodyRead(_) => StatusCode::BAD_REQUEST,
             RequestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            RequestError::BodyOnGet => StatusCode::BAD_REQUEST,
             RequestError::Form(_) => StatusCode::BAD_REQUEST,
             RequestError::MissingTo => StatusCode::BAD_REQUEST,
             RequestError::Signature(_) => StatusCode::FORBIDDEN,
             RequestError::Engine(EngineError::Connect(_)) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Protocol(_)) => StatusCode::BAD_GATEWAY,
+            RequestError::Engine(EngineError::UnaskedUpgrade) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Engine(EngineError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::Engine(EngineError::Client(ClientFault::Timeout(_))) => StatusCode::REQUEST_TIMEOUT,
+            RequestError::Engine(EngineError::Client(_)) => StatusCode::BAD_REQUEST,
         };
         let close = matches!(
             self,
-            RequestError::BodyTooLarge(_) | RequestError::BodyRead(_) | RequestError::BodyTimeout(_)
+            RequestError::BodyTooLarge(_)
+                | RequestError::BodyRead(_)
+                | RequestError::BodyTimeout(_)
+                | RequestError::Engine(EngineError::Client(_))
         );
         text_response(status, format!("{self}\n"), close)
     }
 }
 
-/// A short plain-text answer from callgate itself.
-pub fn text_response(status: StatusCode, text: String, close: bool) -> Response<ResBody> {
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from(text))));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    if close {
-        // The rest of an unread body would be taken for the next request: end the connection.
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+impl From<BodyError> for RequestError {
+    fn from(e: BodyError) -> RequestError {
+        match e {
+            BodyError::TooLarge(limit) => RequestError::BodyTooLarge(limit),
+            BodyError::Read(e) => RequestError::BodyRead(e),
+            BodyError::Timeout(within) => RequestError::BodyTimeout(within),
+        }
     }
-    response
 }

@@ -1,7 +1,7 @@
 //! The gate client: pooled HTTP(S) connections to every customer gate (a busy gate's on each
 //! call worker, a quiet gate's shared), one deadline over the whole exchange, a cap on requests
 //! waiting per gate, optional request signing, and the strict reading of the answer into a
-//! [`GateDecision`].
+//! [`GateDecision`] (read by [`crate::decide::answer`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +23,8 @@ use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use crate::body;
+pub use crate::decide::answer::{parse_answer, GateDecision};
+use crate::decide::Cause;
 use crate::routes::Gate;
 use crate::workers::{self, PerWorker};
 
@@ -51,52 +53,6 @@ const STAY_MS: u64 = 3_500;
 /// The gap assumed before a first call, and the longest gap counted.
 const MAX_GAP_MS: u64 = 10_000;
 
-/// Why a gate exchange did not produce an accept or a reject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureCause {
-    /// The deadline passed, whatever was under way.
-    Timeout,
-    /// Refused, reset, DNS or TLS failure before an answer's head.
-    Connect,
-    /// The gate answered with a status other than 200.
-    Status,
-    /// Not a JSON object with `action` "accept" or "reject", too long, or a read error after the head.
-    Malformed,
-    /// Too many requests already waiting on this gate.
-    Overload,
-}
-
-impl FailureCause {
-    pub const ALL: [FailureCause; 5] = [
-        FailureCause::Timeout,
-        FailureCause::Connect,
-        FailureCause::Status,
-        FailureCause::Malformed,
-        FailureCause::Overload,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureCause::Timeout => "timeout",
-            FailureCause::Connect => "connect",
-            FailureCause::Status => "status",
-            FailureCause::Malformed => "malformed",
-            FailureCause::Overload => "overload",
-        }
-    }
-}
-
-/// What the gate said.
-#[derive(Debug, PartialEq, Eq)]
-pub enum GateDecision {
-    /// `{"action":"accept"}` with status 200.
-    Accept,
-    /// `{"action":"reject"}` with status 200; `reason` if the gate gave one as a string.
-    Reject { reason: Option<String> },
-    /// Anything else.
-    Failure(FailureCause),
-}
-
 /// The call facts sent to the gate.
 #[derive(Debug, Serialize)]
 pub struct GateRequest<'a> {
@@ -106,6 +62,19 @@ pub struct GateRequest<'a> {
     pub call_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<&'a str>,
+    /// A test call (`POST /v1/test-call`): the gate may answer it without acting on it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
+    /// Caller context pushed for this call (SPEC §12); a check chain reads its placeholders here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A gate's answer and the HTTP status it came with (`None` when no answer head arrived).
+#[derive(Debug)]
+pub struct Asked {
+    pub decision: GateDecision,
+    pub status: Option<StatusCode>,
 }
 
 /// Signs gate requests: `t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body))`.
@@ -243,16 +212,29 @@ impl GateClient {
         gate.timeout_ms().map_or(self.default_timeout, |ms| Duration::from_millis(u64::from(ms)))
     }
 
-    /// Asks `gate` about a call. Never fails: every problem is a [`GateDecision::Failure`].
+    /// Asks `gate` about a call within the gate's own deadline. Never fails: every problem is
+    /// a [`GateDecision::Failure`].
     pub async fn check(&self, gate: &Gate, call: &GateRequest<'_>) -> GateDecision {
+        self.check_within(gate, call, self.timeout_for(gate)).await
+    }
+
+    /// As [`GateClient::check`], with the deadline `limit` (the caller has already cut the
+    /// gate's own to what the call has left).
+    pub async fn check_within(&self, gate: &Gate, call: &GateRequest<'_>, limit: Duration) -> GateDecision {
+        self.ask(gate, call, limit).await.decision
+    }
+
+    /// As [`GateClient::check_within`], with the status the gate answered (for the circuit
+    /// breaker, which counts a 5xx but not a 4xx).
+    pub async fn ask(&self, gate: &Gate, call: &GateRequest<'_>, limit: Duration) -> Asked {
         let Some((_permit, pool)) = self.admit(gate) else {
-            return GateDecision::Failure(FailureCause::Overload);
+            return Asked { decision: GateDecision::Failure(Cause::Overload), status: None };
         };
         let body = Bytes::from(serde_json::to_vec(call).expect("plain strings serialise"));
         let request = self.request(gate, body);
-        match tokio::time::timeout(self.timeout_for(gate), self.exchange(pool, request)).await {
-            Ok(decision) => decision,
-            Err(_) => GateDecision::Failure(FailureCause::Timeout),
+        match tokio::time::timeout(limit, self.exchange(pool, request)).await {
+            Ok(asked) => asked,
+            Err(_) => Asked { decision: GateDecision::Failure(Cause::Timeout), status: None },
         }
     }
 
@@ -301,71 +283,29 @@ impl GateClient {
         request
     }
 
-    async fn exchange(&self, pool: &HttpsClient, request: Request<Full<Bytes>>) -> GateDecision {
+    async fn exchange(&self, pool: &HttpsClient, request: Request<Full<Bytes>>) -> Asked {
         let response = match pool.request(request).await {
             Ok(r) => r,
-            Err(_) => return GateDecision::Failure(FailureCause::Connect),
+            Err(_) => return Asked { decision: GateDecision::Failure(Cause::Connect), status: None },
         };
-        if response.status() != StatusCode::OK {
-            return GateDecision::Failure(FailureCause::Status);
-        }
-        if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
-            return GateDecision::Failure(FailureCause::Malformed);
-        }
-        match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
-            Ok(body) => parse_answer(&body.to_bytes()),
-            Err(_) => GateDecision::Failure(FailureCause::Malformed),
-        }
-    }
-}
-
-/// Reads a gate's 200 answer: a JSON object whose `action` is exactly "accept" or "reject".
-pub fn parse_answer(body: &[u8]) -> GateDecision {
-    let Ok(serde_json::Value::Object(mut answer)) = serde_json::from_slice(body) else {
-        return GateDecision::Failure(FailureCause::Malformed);
-    };
-    match answer.get("action").and_then(|a| a.as_str()) {
-        Some("accept") => GateDecision::Accept,
-        Some("reject") => GateDecision::Reject {
-            reason: match answer.remove("reason") {
-                Some(serde_json::Value::String(s)) => Some(s),
-                _ => None,
-            },
-        },
-        _ => GateDecision::Failure(FailureCause::Malformed),
+        let status = Some(response.status());
+        let decision = if response.status() != StatusCode::OK {
+            GateDecision::Failure(Cause::Status)
+        } else if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            GateDecision::Failure(Cause::Malformed)
+        } else {
+            match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
+                Ok(body) => parse_answer(&body.to_bytes()),
+                Err(_) => GateDecision::Failure(Cause::Malformed),
+            }
+        };
+        Asked { decision, status }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_exact_actions_decide() {
-        assert_eq!(parse_answer(br#"{"action":"accept"}"#), GateDecision::Accept);
-        assert_eq!(
-            parse_answer(br#"{"action":"reject","reason":"no credit"}"#),
-            GateDecision::Reject { reason: Some("no credit".into()) }
-        );
-        assert_eq!(parse_answer(br#"{"action":"reject","reason":7}"#), GateDecision::Reject { reason: None });
-        for bad in [
-            &br#"{"action":"REJECT"}"#[..],
-            br#"{"action":"maybe"}"#,
-            br#"{"action":null}"#,
-            br#"{}"#,
-            br#"[{"action":"reject"}]"#,
-            br#""reject""#,
-            b"",
-            br#"{"action":"rej"#,
-        ] {
-            assert_eq!(
-                parse_answer(bad),
-                GateDecision::Failure(FailureCause::Malformed),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     #[test]
     fn a_worker_uses_its_own_pool_only_for_a_gate_it_calls_several_times_a_second() {

@@ -8,32 +8,9 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::gate::FailureCause;
-
-/// What became of an inbound ringing call (the `decision` label and the log line).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Accept,
-    Reject,
-    FailOpen,
-    FailClosed,
-    NoGate,
-}
-
-impl Decision {
-    pub const ALL: [Decision; 5] =
-        [Decision::Accept, Decision::Reject, Decision::FailOpen, Decision::FailClosed, Decision::NoGate];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Accept => "accept",
-            Decision::Reject => "reject",
-            Decision::FailOpen => "fail_open",
-            Decision::FailClosed => "fail_closed",
-            Decision::NoGate => "no_gate",
-        }
-    }
-}
+use crate::decide::breaker::CircuitState;
+use crate::decide::context::ContextResult;
+use crate::decide::{Cause, Decision, DedupResult, Dropped, GateResult, Verdict};
 
 /// Why the engine could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,26 +28,6 @@ impl UpstreamCause {
             UpstreamCause::Connect => "connect",
             UpstreamCause::Timeout => "timeout",
             UpstreamCause::Protocol => "protocol",
-        }
-    }
-}
-
-/// The outcome of one gate exchange, for `callgate_gate_duration_seconds`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GateResult {
-    Accept,
-    Reject,
-    Failure,
-}
-
-impl GateResult {
-    const ALL: [GateResult; 3] = [GateResult::Accept, GateResult::Reject, GateResult::Failure];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            GateResult::Accept => "accept",
-            GateResult::Reject => "reject",
-            GateResult::Failure => "failure",
         }
     }
 }
@@ -93,6 +50,49 @@ impl Route {
     }
 }
 
+/// What became of a decision event's attempt, for `callgate_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// An attempt failed and another is scheduled.
+    Retried,
+    /// The event left the outbox undelivered: its schedule ran out, or the outbox was full.
+    GivenUp,
+}
+
+impl EventResult {
+    const ALL: [EventResult; 3] = [EventResult::Delivered, EventResult::Retried, EventResult::GivenUp];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EventResult::Delivered => "delivered",
+            EventResult::Retried => "retried",
+            EventResult::GivenUp => "given_up",
+        }
+    }
+}
+
+/// Why a decision event was lost before its schedule ran out, for `callgate_events_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventDrop {
+    /// The hand-off queue from calls to the outbox was full; the event was never stored.
+    QueueFull,
+    /// The outbox held `--events-max-pending` events; the oldest was given up for a new one.
+    OutboxFull,
+}
+
+impl EventDrop {
+    const ALL: [EventDrop; 2] = [EventDrop::QueueFull, EventDrop::OutboxFull];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EventDrop::QueueFull => "queue_full",
+            EventDrop::OutboxFull => "outbox_full",
+        }
+    }
+}
+
 /// Histogram buckets: 50 µs to 30 s.
 const BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -102,8 +102,16 @@ const BUCKETS: &[f64] = &[
 /// Pre-registered handles for every series callgate exports.
 pub struct Metrics {
     handle: PrometheusHandle,
-    inbound: [Counter; 5],
-    gate_failures: [Counter; 5],
+    inbound: [Counter; Decision::ALL.len()],
+    gate_failures: [Counter; Cause::ALL.len()],
+    enrichment_dropped: [Counter; Dropped::ALL.len()],
+    deadline_cut: Counter,
+    dedup: [Counter; DedupResult::ALL.len()],
+    circuit_transitions: [Counter; CircuitState::ALL.len()],
+    circuits_open: Gauge,
+    shadow_calls: Counter,
+    context: [Counter; ContextResult::ALL.len()],
+    context_entries: Gauge,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -120,6 +128,12 @@ pub struct Metrics {
     tls_reloads_error: Counter,
     /// By `SIGNATURE_MODES`.
     signature_mode: [Gauge; 3],
+    events: [Counter; 3],
+    events_dropped: [Counter; 2],
+    events_pending: Gauge,
+    events_outbox_ok: Gauge,
+    events_outbox_errors: Counter,
+    open_connections: Gauge,
 }
 
 /// The `mode` label values of `callgate_twilio_signature_mode` (`--twilio-signature`).
@@ -148,8 +162,20 @@ impl Metrics {
             handle,
             inbound: Decision::ALL
                 .map(|d| metrics::counter!("callgate_inbound_calls_total", "decision" => d.as_str())),
-            gate_failures: FailureCause::ALL
+            gate_failures: Cause::ALL
                 .map(|c| metrics::counter!("callgate_gate_failures_total", "cause" => c.as_str())),
+            enrichment_dropped: Dropped::ALL
+                .map(|r| metrics::counter!("callgate_enrichment_dropped_total", "reason" => r.as_str())),
+            deadline_cut: metrics::counter!("callgate_deadline_cut_total"),
+            dedup: DedupResult::ALL
+                .map(|r| metrics::counter!("callgate_dedup_total", "result" => r.as_str())),
+            circuit_transitions: CircuitState::ALL
+                .map(|to| metrics::counter!("callgate_circuit_transitions_total", "to" => to.as_str())),
+            circuits_open: metrics::gauge!("callgate_circuits_open"),
+            shadow_calls: metrics::counter!("callgate_shadow_calls_total"),
+            context: ContextResult::ALL
+                .map(|r| metrics::counter!("callgate_context_total", "result" => r.as_str())),
+            context_entries: metrics::gauge!("callgate_context_entries"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -169,21 +195,48 @@ impl Metrics {
             tls_reloads_error: metrics::counter!("callgate_tls_reloads_total", "result" => "error"),
             signature_mode: SIGNATURE_MODES
                 .map(|m| metrics::gauge!("callgate_twilio_signature_mode", "mode" => m)),
+            events: EventResult::ALL
+                .map(|r| metrics::counter!("callgate_events_total", "result" => r.as_str())),
+            events_dropped: EventDrop::ALL
+                .map(|r| metrics::counter!("callgate_events_dropped_total", "reason" => r.as_str())),
+            events_pending: metrics::gauge!("callgate_events_pending"),
+            events_outbox_ok: metrics::gauge!("callgate_events_outbox_ok"),
+            events_outbox_errors: metrics::counter!("callgate_events_outbox_errors_total"),
+            open_connections: metrics::gauge!("callgate_open_connections"),
         };
+        m.events_pending.set(0.0);
+        m.events_outbox_ok.set(1.0);
+        m.open_connections.increment(0.0);
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
-        for c in m.inbound.iter().chain(&m.gate_failures).chain(&m.upstream_errors) {
+        for c in m
+            .inbound
+            .iter()
+            .chain(&m.gate_failures)
+            .chain(&m.enrichment_dropped)
+            .chain(&m.upstream_errors)
+            .chain(&m.events)
+            .chain(&m.events_dropped)
+            .chain(&m.dedup)
+            .chain(&m.circuit_transitions)
+            .chain(&m.context)
+        {
             c.increment(0);
         }
         for c in [
             &m.signature_failures,
+            &m.deadline_cut,
+            &m.shadow_calls,
             &m.reloads_ok,
             &m.reloads_error,
             &m.admin_writes_ok,
             &m.admin_writes_error,
+            &m.events_outbox_errors,
         ] {
             c.increment(0);
         }
+        m.circuits_open.set(0.0);
+        m.context_entries.set(0.0);
         m
     }
 
@@ -198,16 +251,52 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    pub fn record_decision(&self, decision: Decision) {
-        self.inbound[decision as usize].increment(1);
+    /// Everything a decided call counts: its decision, the gate's time and result, the
+    /// failure's cause, and enrichment left out.
+    pub fn record_verdict(&self, verdict: &Verdict) {
+        self.inbound[verdict.decision as usize].increment(1);
+        if let Some(run) = verdict.gate {
+            self.gate_duration[run.result as usize].record(run.elapsed);
+        }
+        if let Some(cause) = verdict.cause {
+            self.gate_failures[cause as usize].increment(1);
+        }
+        for reason in verdict.dropped() {
+            self.enrichment_dropped[reason as usize].increment(1);
+        }
+        if verdict.shadow {
+            self.shadow_calls.increment(1);
+        }
+        if let Some(used) = verdict.context {
+            self.record_context(used.result());
+        }
     }
 
-    pub fn record_gate(&self, result: GateResult, elapsed: Duration) {
-        self.gate_duration[result as usize].record(elapsed);
+    /// A duplicate CallSid given the first decision (not counted as a decision of its own).
+    pub fn record_dedup(&self, result: DedupResult) {
+        self.dedup[result as usize].increment(1);
     }
 
-    pub fn record_gate_failure(&self, cause: FailureCause) {
-        self.gate_failures[cause as usize].increment(1);
+    /// A gate circuit moved `to`; `open` circuits are now open or half-open.
+    pub fn record_circuit_transition(&self, to: CircuitState, open: usize) {
+        let i = CircuitState::ALL.iter().position(|s| *s == to).expect("every state is listed");
+        self.circuit_transitions[i].increment(1);
+        self.circuits_open.set(open as f64);
+    }
+
+    /// Pushed caller context stored, taken, waited for, missed, expired, evicted or refused.
+    pub fn record_context(&self, result: ContextResult) {
+        self.context[result as usize].increment(1);
+    }
+
+    /// Pushed contexts held now.
+    pub fn set_context_entries(&self, n: usize) {
+        self.context_entries.set(n as f64);
+    }
+
+    /// The engine's timeout was cut to fit `--twilio-deadline`.
+    pub fn record_deadline_cut(&self) {
+        self.deadline_cut.increment(1);
     }
 
     pub fn record_request(&self, route: Route, elapsed: Duration) {
@@ -220,6 +309,12 @@ impl Metrics {
 
     pub fn record_upstream_error(&self, cause: UpstreamCause) {
         self.upstream_errors[cause as usize].increment(1);
+    }
+
+    /// A client connection on the public listener opened (`+1`) or closed (`-1`); upgraded
+    /// connections count until their relay ends.
+    pub fn record_open_connections(&self, delta: f64) {
+        self.open_connections.increment(delta);
     }
 
     pub fn record_signature_failure(&self) {
@@ -262,14 +357,47 @@ impl Metrics {
             self.admin_writes_error.increment(1);
         }
     }
+
+    pub fn record_event(&self, result: EventResult) {
+        self.events[result as usize].increment(1);
+    }
+
+    pub fn record_event_dropped(&self, reason: EventDrop, count: u64) {
+        self.events_dropped[reason as usize].increment(count);
+    }
+
+    pub fn set_events_pending(&self, pending: usize) {
+        self.events_pending.set(pending as f64);
+    }
+
+    /// The outer result of one write to the events outbox on disk.
+    pub fn record_outbox_write(&self, ok: bool) {
+        if !ok {
+            self.events_outbox_errors.increment(1);
+        }
+        self.events_outbox_ok.set(if ok { 1.0 } else { 0.0 });
+    }
 }
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         "callgate_inbound_calls_total",
-        "Inbound ringing calls by decision (accept, reject, fail_open, fail_closed, no_gate)."
+        "Inbound ringing calls by decision (accept, reject, fail_open, fail_closed, no_gate, shadow_reject)."
     );
+    describe_counter!(
+        "callgate_enrichment_dropped_total",
+        "Gate enrichment left out, by reason: a field of the wrong type (invalid) or an X-Callgate-Context over 8 KiB (too_large)."
+    );
+    describe_counter!(
+        "callgate_deadline_cut_total",
+        "Calls whose engine timeout was cut to fit --twilio-deadline."
+    );
+    describe_counter!(
+        "callgate_context_total",
+        "Pushed caller context, by result: stored, hit (there at ring time), waited (arrived during the wait), miss (a wait that ended empty), expired, evicted (over --context-max-entries), refused (a bad push)."
+    );
+    describe_gauge!("callgate_context_entries", "Pushed caller contexts held now.");
     describe_counter!(
         "callgate_gate_failures_total",
         "Gate exchanges that failed, by cause; each became a fail_open or fail_closed."
@@ -301,10 +429,47 @@ fn describe() {
         "callgate_twilio_signature_mode",
         "1 for the --twilio-signature mode in force (enforce, report, off), 0 for the others."
     );
+    describe_counter!(
+        "callgate_dedup_total",
+        "Duplicate CallSids given the first decision again, by how: replayed (decided within --dedup-window) or joined (waited for the first's gate answer)."
+    );
+    describe_counter!(
+        "callgate_circuit_transitions_total",
+        "Gate circuit breaker transitions, by the state entered (open, half_open, closed)."
+    );
+    describe_gauge!(
+        "callgate_circuits_open",
+        "Gate origins whose circuit is open or half-open: their calls are decided at once with cause circuit_open."
+    );
+    describe_counter!(
+        "callgate_shadow_calls_total",
+        "Inbound calls decided by a gate in shadow mode (the denominator for shadow_reject)."
+    );
     describe_counter!("callgate_routes_reloads_total", "Routes file reloads, by result.");
     describe_gauge!("callgate_routes_entries", "Entries in the routing table in force, by kind.");
     describe_gauge!("callgate_routes_last_reload_success", "1 if the last routes reload succeeded, else 0.");
     describe_counter!("callgate_admin_writes_total", "Admin API writes, by result.");
     describe_counter!("callgate_tls_reloads_total", "TLS certificate reloads, by result.");
+    describe_counter!(
+        "callgate_events_total",
+        "Decision event attempts by result: delivered (2xx), retried (failed, another scheduled), given_up."
+    );
+    describe_counter!(
+        "callgate_events_dropped_total",
+        "Decision events lost before their schedule ran out: queue_full (never stored), outbox_full (oldest given up)."
+    );
+    describe_gauge!("callgate_events_pending", "Decision events in the outbox, waiting for delivery.");
+    describe_gauge!(
+        "callgate_events_outbox_ok",
+        "1 while the events outbox is written to --state-dir; 0 after a failed write (events then kept in memory only)."
+    );
+    describe_counter!(
+        "callgate_events_outbox_errors_total",
+        "Writes to the events outbox on disk that failed."
+    );
+    describe_gauge!(
+        "callgate_open_connections",
+        "Client connections open on the public listener, upgraded (WebSocket) ones included."
+    );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

@@ -5,11 +5,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,12 +20,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::app::{App, PathKind};
-use crate::conn::{Activity, Tracked, Verdict};
+use crate::conn::{Activity, Slot, Tracked, Verdict};
 use crate::engine::Peer;
+use crate::error::text_response;
 use crate::metrics::Route;
-use crate::webhook::{self, Waits};
-use crate::{admin, ResBody};
+use crate::webhook;
+use crate::wire::ResBody;
 use tokio_rustls::TlsAcceptor;
 
 /// Largest request head (request line and headers) accepted.
@@ -91,7 +95,10 @@ pub async fn serve(
     let (stop_public, public_stopped) = watch::channel(false);
     let (cut_off, cut) = watch::channel(false);
     let connections = TaskTracker::new();
-    let limits = Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls);
+    let limits = Limits {
+        metrics: Some(app.metrics),
+        ..Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls)
+    };
     let listener = listener.into_std().expect("a listener leaves the runtime it was bound on");
     let workers: Vec<_> = (0..app.settings.workers)
         .map(|index| {
@@ -150,13 +157,50 @@ pub async fn serve(
     .await;
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+/// Streams one HTTP/2 connection may have open at once.
+pub const MAX_H2_STREAMS: u32 = 100;
+/// Streams a client may open and reset before they are served (the "rapid reset" flood).
+const MAX_H2_PENDING_RESETS: usize = 20;
+/// Interval of callgate's own HTTP/2 PINGs, which find a peer gone silent; an unanswered one
+/// closes the connection after [`H2_PING_TIMEOUT`]. PINGs either way never count as activity.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a listener's connections are served.
+#[derive(Clone)]
+enum Protocols {
+    /// HTTP/1.1 or HTTP/2, as the client's first bytes say.
+    Both(auto::Builder<TokioExecutor>),
+    /// HTTP/1.1 only (hyper-util's `http1_only` is ignored with upgrades, so a builder of its own).
+    Http1(http1::Builder),
+}
+
+/// HTTP/1.1 always; HTTP/2 over TLS (by ALPN) or, with `--allow-h2c`, in cleartext with prior
+/// knowledge: an h2c connection otherwise would open a multiplexed stream of requests on a
+/// listener sized and timed for HTTP/1.1.
+fn connection_builder(h2: bool) -> Protocols {
+    if !h2 {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .max_header_size(MAX_HEADER_BYTES);
+        return Protocols::Http1(builder);
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Header and idle limits are kept by the connection watchdog (see `conn`), not hyper's
     // header timer, which would also end keep-alive connections waiting for their next request.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HEADER_BYTES);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    Protocols::Both(builder)
 }
 
 /// What every connection on one listener is held to.
@@ -167,6 +211,10 @@ pub struct Limits {
     /// A permit per open connection, shared by every accept loop on the listener.
     pub max_connections: Arc<Semaphore>,
     pub tls: Option<TlsAcceptor>,
+    /// HTTP/2 is served: over TLS, or in cleartext with `--allow-h2c`.
+    pub h2: bool,
+    /// Where open connections are counted (the public listener's).
+    pub metrics: Option<&'static crate::metrics::Metrics>,
 }
 
 impl Limits {
@@ -179,6 +227,8 @@ impl Limits {
             header_timeout: settings.header_timeout,
             idle_timeout: settings.idle_timeout,
             max_connections: Arc::new(Semaphore::new(max_connections)),
+            h2: tls.is_some() || settings.allow_h2c,
+            metrics: None,
             tls,
         }
     }
@@ -197,7 +247,7 @@ async fn accept_loop<M, S, F>(
     S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ResBody>> + Send + 'static,
 {
-    let builder = connection_builder();
+    let builder = connection_builder(limits.h2);
     loop {
         // At the limit, stop accepting until a connection closes (the kernel queues the rest).
         let permit = tokio::select! {
@@ -223,7 +273,9 @@ async fn accept_loop<M, S, F>(
         let (builder, stopped, limits) = (builder.clone(), stopped.clone(), limits.clone());
         connections.spawn(async move {
             let activity = Activity::new();
-            let stream = Tracked::new(stream, Arc::clone(&activity));
+            // The permit lives with the socket: an upgraded connection keeps it until its
+            // relay ends.
+            let stream = Tracked::new(stream, Arc::clone(&activity), Some(Slot::new(permit, limits.metrics)));
             match &limits.tls {
                 None => {
                     serve_connection(TokioIo::new(stream), activity, &limits, builder, service, stopped).await
@@ -231,6 +283,9 @@ async fn accept_loop<M, S, F>(
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                activity.set_h2();
+                            }
                             serve_connection(TokioIo::new(tls), activity, &limits, builder, service, stopped)
                                 .await
                         }
@@ -241,7 +296,6 @@ async fn accept_loop<M, S, F>(
                     }
                 }
             }
-            drop(permit);
         });
     }
 }
@@ -250,9 +304,9 @@ async fn serve_connection<I, S, F>(
     io: TokioIo<I>,
     activity: Arc<Activity>,
     limits: &Limits,
-    builder: auto::Builder<TokioExecutor>,
+    protocols: Protocols,
     service: S,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -270,8 +324,32 @@ async fn serve_connection<I, S, F>(
             }
         })
     };
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
+    match protocols {
+        Protocols::Both(builder) => {
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(connection);
+            watch_connection(connection, |c| c.graceful_shutdown(), &activity, limits, stopped).await
+        }
+        Protocols::Http1(builder) => {
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(connection);
+            watch_connection(connection, |c| c.graceful_shutdown(), &activity, limits, stopped).await
+        }
+    }
+}
+
+/// Drives `connection` until it ends, the drain asks it to finish (`shutdown`), or the
+/// watchdog finds it too slow or idle (dropped: the socket closes).
+async fn watch_connection<C, E>(
+    mut connection: Pin<&mut C>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    activity: &Activity,
+    limits: &Limits,
+    mut stopped: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut watchdog = tokio::time::interval(tick);
@@ -279,7 +357,7 @@ async fn serve_connection<I, S, F>(
         tokio::select! {
             result = connection.as_mut() => break result,
             _ = stop_signal(&mut stopped) => {
-                connection.as_mut().graceful_shutdown();
+                shutdown(connection.as_mut());
                 break connection.await;
             }
             _ = watchdog.tick() => match activity.verdict(limits.header_timeout, limits.idle_timeout) {
@@ -305,6 +383,9 @@ async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
 
 /// One request on the public listener: voice paths to the webhook, the rest to the engine.
 async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
+    if let Some(refusal) = refuse_framing(&request) {
+        return refusal;
+    }
     let started = Instant::now();
     // An HTTP/2 request names its host in `:authority`; the signed URL and the engine (which
     // speaks HTTP/1.1) both read `Host`.
@@ -315,15 +396,34 @@ async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer
             request.headers_mut().insert(http::header::HOST, host);
         }
     }
-    let mut waits = Waits::default();
-    let (route, result) = match app.path_kind(request.uri().path()) {
-        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, &mut waits).await),
-        PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, &mut waits).await),
-        PathKind::Other => (Route::Proxy, app.forward_stream(request, peer, &mut waits).await),
+    let (route, served) = match app.path_kind(request.uri().path()) {
+        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, started).await),
+        PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, started).await),
+        PathKind::Other => (Route::Proxy, app.forward_stream(request, peer).await),
     };
-    let response = result.unwrap_or_else(|e| e.into_response());
     let elapsed = started.elapsed();
     app.metrics.record_request(route, elapsed);
-    app.metrics.record_overhead(elapsed.saturating_sub(waits.0));
-    response
+    app.metrics.record_overhead(elapsed.saturating_sub(served.waited));
+    served.response
+}
+
+/// Framing hyper lets through that an intermediary must not pass on: an HTTP/1.1 request
+/// without exactly one `Host` (RFC 9112 §3.2), and a `Transfer-Encoding` other than `chunked`
+/// alone (a coding the engine would not be told about, or a list two parsers may read two ways).
+/// The body is left unread, so the connection is closed after the answer.
+fn refuse_framing<B>(request: &Request<B>) -> Option<Response<ResBody>> {
+    let headers = request.headers();
+    if request.version() == http::Version::HTTP_11 && headers.get_all(http::header::HOST).iter().count() != 1
+    {
+        let text = "an HTTP/1.1 request carries exactly one Host header\n";
+        return Some(text_response(http::StatusCode::BAD_REQUEST, text.into(), true));
+    }
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        if codings.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            let text = "only Transfer-Encoding: chunked is supported\n";
+            return Some(text_response(http::StatusCode::NOT_IMPLEMENTED, text.into(), true));
+        }
+    }
+    None
 }

@@ -37,7 +37,10 @@ async fn readiness_waits_for_the_table_and_is_withdrawn_on_sigterm() {
     eventually(Duration::from_secs(2), || async { status(&cg.admin_url("/readyz")).await == 503 }).await;
     assert_eq!(status(&cg.admin_url("/healthz")).await, 200, "the admin listener stays up to say so");
     assert_eq!(in_flight.await.unwrap().unwrap(), 200, "the call in flight completes");
-    assert!(tokio::net::TcpStream::connect(cg.addr).await.is_err(), "no longer accepting calls");
+    // The listening socket closes once every call worker's accept loop has seen the signal.
+    let addr = cg.addr;
+    eventually(Duration::from_secs(2), || async move { tokio::net::TcpStream::connect(addr).await.is_err() })
+        .await;
     let exit = cg.wait_exit(Duration::from_secs(5));
     assert_eq!(exit.code(), Some(0));
     cg.wait_for_log("drained; every call in flight finished");

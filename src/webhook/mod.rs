@@ -1,83 +1,154 @@
-//! The voice webhook. This is the only place that orders the phases of a voice request:
-//! read the body (413) → parse the form (400) → gate only inbound ringing calls (400 without
-//! `To`) → resolve one gate from one routes snapshot → ask it → reject with TwiML, or forward.
+//! The voice webhook, HTTP in and out: read the body (413) → parse the form (400) → check the
+//! signature (403) → only inbound ringing calls are decided (400 without `To`), by
+//! [`crate::decide`] → busy TwiML, or forward to the engine; then record the verdict.
 
 pub mod signature;
 pub mod twilio;
 pub mod twiml;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderName, HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::app::Served;
 use crate::body;
-use crate::engine::Peer;
+use crate::decide::record::Record;
+use crate::decide::{decide, Call, Deadline, Decision, Verdict};
+use crate::engine::{Peer, Stamp};
 use crate::error::RequestError;
-use crate::gate::{GateDecision, GateRequest};
-use crate::metrics::{Decision, GateResult};
-use crate::routes::{Gate, OnFailure, Source};
+use crate::events::DecisionEvent;
 use crate::settings::SignatureMode;
+use crate::wire::{ResBody, X_TWILIO_SIGNATURE, X_TWILIO_SIGNATURE_SETTINGS};
 use crate::App;
-use crate::ResBody;
 use signature::{signed_url, SignedBody};
 use twilio::{parse_form, CallParams, Params};
 
 /// Largest body accepted on a voice or signed path.
 pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 
-const X_TWILIO_SIGNATURE: HeaderName = HeaderName::from_static("x-twilio-signature");
-const X_TWILIO_SIGNATURE_SETTINGS: HeaderName =
-    HeaderName::from_static("x-twilio-webhooks-signature-settings");
-const X_CALLGATE_DECISION: HeaderName = HeaderName::from_static("x-callgate-decision");
-const X_CALLGATE_AGENT_ID: HeaderName = HeaderName::from_static("x-callgate-agent-id");
-
-/// The time a request spent waiting on others (gate, engine), to be taken out of the overhead.
-#[derive(Default)]
-pub struct Waits(pub Duration);
-
-/// Handles one request to a voice path (`gated`) or a signed path: the body limit, form and
-/// signature checks, then, on a voice path, the gate for an inbound ringing call.
+/// Handles one request to a voice path (`gated`) or a signed path that arrived (its head read)
+/// at `arrived`: the body limit, form and signature checks, then, on a voice path, the decision
+/// for an inbound ringing call, and the busy reject or the forward to the engine.
 pub async fn handle(
     app: &App,
     request: Request<Incoming>,
     peer: Peer,
     gated: bool,
-    waits: &mut Waits,
-) -> Result<Response<ResBody>, RequestError> {
+    arrived: Instant,
+) -> Served {
     let (parts, body) = request.into_parts();
-    let body = body::read(&parts.headers, body, MAX_WEBHOOK_BODY, app.settings.header_timeout).await?;
+    let body = match body::read(&parts.headers, body, MAX_WEBHOOK_BODY, app.settings.header_timeout).await {
+        Ok(body) => body,
+        Err(e) => return Served::refused(e.into()),
+    };
     // The query lives in the URI; keep our own handle on it so `parts` can move on.
     let uri = parts.uri.clone();
-    let (params, carrier) = parse_params(&parts, &uri, &body)?;
-    verify_signature(app, &parts, peer, carrier.signed(&params, &body))?;
-    let call = CallParams::from_params(&params);
-    if !gated || !call.is_inbound_ringing() {
-        let decision = gated.then_some(("not_gated", None));
-        let request = Request::from_parts(parts, Either::Left(Full::new(body.clone())));
-        return app.forward_buffered(request, peer, decision, waits).await;
-    }
-    let to = call.to.ok_or(RequestError::MissingTo)?;
-
-    let (gate, source, agent_id) = resolve(app, to);
-    let outcome = match &gate {
-        None => Outcome { decision: Decision::NoGate, cause: None, reason: None, gate_time: None },
-        Some(gate) => ask(app, gate, &call, to, agent_id.as_deref(), waits).await,
+    let (params, carrier) = match parse_params(&parts, &uri, &body) {
+        Ok(parsed) => parsed,
+        Err(e) => return Served::refused(e),
     };
-    log_decision(&call, to, agent_id.as_deref(), source, gate.as_deref(), &outcome);
-    app.metrics.record_decision(outcome.decision);
-
-    match outcome.decision {
-        Decision::Reject | Decision::FailClosed => Ok(reject_response()),
-        Decision::Accept | Decision::FailOpen | Decision::NoGate => {
-            let request = Request::from_parts(parts, Either::Left(Full::new(body.clone())));
-            let label = outcome.decision.as_str();
-            app.forward_buffered(request, peer, Some((label, agent_id.as_deref())), waits).await
-        }
+    if let Err(e) = verify_signature(app, &parts, peer, carrier.signed(&params, &body)) {
+        return Served::refused(e);
     }
+    let params = CallParams::from_params(&params);
+    let buffered =
+        |parts, body: &bytes::Bytes| Request::from_parts(parts, Either::Left(Full::new(body.clone())));
+    if !gated || !params.is_inbound_ringing() {
+        let stamp = if gated { Stamp::NotGated } else { Stamp::None };
+        return app.forward(buffered(parts, &body), peer, stamp, app.settings.upstream_timeout).await;
+    }
+    let Some(to) = params.to else { return Served::refused(RequestError::MissingTo) };
+    let call = Call {
+        call_id: params.call_sid.unwrap_or("").into(),
+        from: params.from.unwrap_or("").into(),
+        to: to.into(),
+        test: false,
+    };
+    let deadline = Deadline::new(arrived, app.settings.twilio_deadline);
+    let verdict = decide(&app.stages(), &call, deadline).await;
+    record(app, &call, &verdict);
+    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed) + verdict.context_waited;
+    if verdict.decision.blocks() {
+        return Served { response: reject_response(), waited: gate_wait };
+    }
+    let (timeout, cut) = deadline.cap(app.settings.upstream_timeout);
+    if cut {
+        app.metrics.record_deadline_cut();
+    }
+    let stamp = Stamp::Decided {
+        decision: verdict.decision,
+        agent_id: verdict.agent_id(),
+        context: verdict.context_header.as_ref(),
+    };
+    let mut served = app.forward(buffered(parts, &body), peer, stamp, timeout).await;
+    served.waited += gate_wait;
+    served
+}
+
+/// Everything a decided call leaves behind, from its verdict, in one place: the metrics, the
+/// decision line (SPEC §9) and the decision record (SPEC §10). A duplicate CallSid's copy of
+/// the first decision counts only as a dedup and keeps the first record.
+fn record(app: &App, call: &Call, verdict: &Verdict) {
+    match verdict.dedup {
+        Some(how) => app.metrics.record_dedup(how),
+        None => app.metrics.record_verdict(verdict),
+    }
+    tracing::info!(
+        target: "callgate::call",
+        call_id = call.call_id,
+        to = call.to,
+        agent_id = verdict.agent_id().unwrap_or(""),
+        source = verdict.source.as_str(),
+        decision = verdict.decision.as_str(),
+        cause = verdict.cause.map_or("", |c| c.as_str()),
+        reason = verdict.reason.as_deref().unwrap_or(""),
+        gate_ms = verdict.gate_ms().unwrap_or(0.0),
+        override_agent_id = verdict.override_agent_id().unwrap_or(""),
+        // hit, waited or miss only: pushed context is data about people, never logged.
+        context = verdict.context.map_or("", |c| c.as_str()),
+        gate = verdict.gate_display.as_deref().unwrap_or(""),
+        dedup = verdict.dedup.map_or("", |d| d.as_str()),
+        shadow = verdict.shadow,
+        "call decided"
+    );
+    if verdict.dedup.is_some() {
+        return;
+    }
+    if verdict.enrichment.dropped_invalid > 0 || verdict.context_too_large {
+        // Names the problem, never the values (data about people).
+        tracing::warn!(
+            call_id = call.call_id,
+            invalid = verdict.enrichment.dropped_invalid,
+            context_too_large = verdict.context_too_large,
+            "gate enrichment dropped; the call goes on without it"
+        );
+    }
+    app.decisions.keep(Record::new(call, verdict, SystemTime::now()));
+    emit_event(app, call, verdict);
+}
+
+/// Hands a reject, fail_closed or fail_open to the decision events (SPEC §14); never waits.
+fn emit_event(app: &App, call: &Call, verdict: &Verdict) {
+    let Some(events) = &app.events else { return };
+    match verdict.decision {
+        Decision::Reject | Decision::FailClosed | Decision::FailOpen => {}
+        Decision::Accept | Decision::NoGate | Decision::ShadowReject => return,
+    }
+    events.emit(DecisionEvent {
+        call_id: call.call_id.clone(),
+        agent_id: verdict.agent_id().map(str::to_owned),
+        from_number: (!call.from.is_empty()).then(|| call.from.clone()),
+        to_number: call.to.clone(),
+        decision: verdict.decision.as_str(),
+        cause: verdict.cause.map(|c| c.as_str()),
+        reason: verdict.reason.clone(),
+        gate_ms: verdict.gate_ms(),
+        checks: serde_json::Value::Null,
+        occurred_at: SystemTime::now(),
+    });
 }
 
 /// Where a webhook's parameters came from, which decides what its signature covers.
@@ -110,6 +181,10 @@ fn parse_params<'b>(
     body: &'b [u8],
 ) -> Result<(Params<'b>, Carrier), RequestError> {
     if parts.method == Method::GET || parts.method == Method::HEAD {
+        // Nothing signs a GET's body: it could only be a forgery riding on a signed URL.
+        if !body.is_empty() {
+            return Err(RequestError::BodyOnGet);
+        }
         Ok((parse_form(uri.query().unwrap_or("").as_bytes())?, Carrier::Query))
     } else if body::is_json(&parts.headers) {
         Ok((Vec::new(), Carrier::Json))
@@ -135,7 +210,10 @@ fn verify_signature(
     let Err(e) = verified else { return Ok(()) };
     app.metrics.record_signature_failure();
     let enforce = app.settings.twilio_signature == SignatureMode::Enforce;
+    static REFUSALS: crate::logging::Throttle = crate::logging::Throttle::new(20);
+    let Some(left_out) = REFUSALS.admit() else { return if enforce { Err(e.into()) } else { Ok(()) } };
     tracing::warn!(
+        left_out,
         path = parts.uri.path(),
         reason = e.as_str(),
         peer = %peer.addr.ip(),
@@ -149,91 +227,9 @@ fn verify_signature(
     }
 }
 
-/// Resolves `to` in one snapshot of the table, taking out only what the call needs so that no
-/// snapshot is held across the gate's wait.
-fn resolve(app: &App, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>) {
-    let table = app.routes.load();
-    let resolution = table.resolve(to);
-    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned())
-}
-
-struct Outcome {
-    decision: Decision,
-    cause: Option<&'static str>,
-    reason: Option<String>,
-    gate_time: Option<Duration>,
-}
-
-async fn ask(
-    app: &App,
-    gate: &Gate,
-    call: &CallParams<'_>,
-    to: &str,
-    agent_id: Option<&str>,
-    waits: &mut Waits,
-) -> Outcome {
-    let request = GateRequest {
-        event: "call.inbound",
-        from: call.from.unwrap_or(""),
-        to,
-        call_id: call.call_sid.unwrap_or(""),
-        agent_id,
-    };
-    let started = Instant::now();
-    let answer = app.gate.check(gate, &request).await;
-    let elapsed = started.elapsed();
-    waits.0 += elapsed;
-    let (decision, result, cause, reason) = match answer {
-        GateDecision::Accept => (Decision::Accept, GateResult::Accept, None, None),
-        GateDecision::Reject { reason } => (Decision::Reject, GateResult::Reject, None, reason),
-        GateDecision::Failure(cause) => {
-            app.metrics.record_gate_failure(cause);
-            let decision = match gate.on_failure() {
-                OnFailure::Accept => Decision::FailOpen,
-                OnFailure::Reject => Decision::FailClosed,
-            };
-            (decision, GateResult::Failure, Some(cause.as_str()), None)
-        }
-    };
-    app.metrics.record_gate(result, elapsed);
-    Outcome { decision, cause, reason, gate_time: Some(elapsed) }
-}
-
-/// The one log line per decided call (SPEC §9). The gate is named by its display form only.
-fn log_decision(
-    call: &CallParams<'_>,
-    to: &str,
-    agent_id: Option<&str>,
-    source: Source,
-    gate: Option<&Gate>,
-    outcome: &Outcome,
-) {
-    tracing::info!(
-        target: "callgate::call",
-        call_id = call.call_sid.unwrap_or(""),
-        to,
-        agent_id = agent_id.unwrap_or(""),
-        source = source.as_str(),
-        decision = outcome.decision.as_str(),
-        cause = outcome.cause.unwrap_or(""),
-        reason = outcome.reason.as_deref().unwrap_or(""),
-        gate_ms = outcome.gate_time.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        gate = gate.map_or("", Gate::display),
-        "call decided"
-    );
-}
-
 /// Busy-tone TwiML: the caller hears busy and the call is never answered.
 pub fn reject_response() -> Response<ResBody> {
     let mut response = Response::new(Either::Left(Full::new(twiml::reject_busy())));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
     response
-}
-
-/// Sets callgate's own headers on a voice request bound for the engine.
-pub fn set_decision_headers(headers: &mut http::HeaderMap, decision: &'static str, agent_id: Option<&str>) {
-    headers.insert(X_CALLGATE_DECISION, HeaderValue::from_static(decision));
-    if let Some(v) = agent_id.and_then(|a| HeaderValue::try_from(a).ok()) {
-        headers.insert(X_CALLGATE_AGENT_ID, v);
-    }
 }

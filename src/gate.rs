@@ -109,7 +109,7 @@ impl std::fmt::Debug for Signer {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector<crate::dns::Resolver>>, Full<Bytes>>;
 
 /// Every gate's connections, in two kinds of pool. A call worker that calls a gate several
 /// times a second uses a pool of its own for it (see [`Cadence`]): the gate's connections then
@@ -178,8 +178,10 @@ impl GateClient {
         signer: Option<Signer>,
         workers: usize,
     ) -> GateClient {
+        // One resolver for every pool: a blackholed DNS server holds a bounded number of threads.
+        let resolver = crate::dns::Resolver::new();
         let pool = || {
-            let mut http = HttpConnector::new();
+            let mut http = HttpConnector::new_with_resolver(resolver.clone());
             http.enforce_http(false);
             http.set_nodelay(true);
             let connector = hyper_rustls::HttpsConnectorBuilder::new()

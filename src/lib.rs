@@ -22,7 +22,8 @@
 //!   recent decision records, [`decide::breaker`] keeps a circuit per gate origin,
 //!   [`decide::dedup`] the CallSids decided within the dedup window and [`decide::context`]
 //!   caller context pushed ahead of the call.
-//! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing.
+//! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing;
+//!   [`dns`] resolves gate hosts on a bounded pool with a short cache.
 //! - [`engine`]: forwarding to the voice engine with callgate's typed stamp, header hygiene,
 //!   WebSocket relays.
 //! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
@@ -42,6 +43,7 @@ pub mod conn;
 pub mod credentials;
 pub mod decide;
 pub mod demo;
+pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -102,6 +104,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let options = settings.validate_options();
     let metrics = metrics::get();
+    metrics.record_signature_mode(settings.twilio_signature.as_str());
     let server_tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(tls::ServerTls::load(cert, key)?),
         _ => None,

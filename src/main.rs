@@ -47,6 +47,9 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&e),
             };
             let _guard = init_logging(settings.log_format);
+            if let Some(warning) = settings.signature_warning() {
+                tracing::warn!("{warning}");
+            }
             let runtime = runtime();
             runtime.block_on(async {
                 // Installed before anything else, so a SIGTERM during a long first load is a

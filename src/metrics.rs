@@ -131,6 +131,8 @@ pub struct Metrics {
     /// `callgate_checks_total`, by check type then result (proceed, skip, failure).
     checks: [[Counter; 3]; CheckType::ALL.len()],
     credentials_reloads: [Counter; 2],
+    /// By `SIGNATURE_MODES`.
+    signature_mode: [Gauge; 3],
     events: [Counter; 3],
     events_dropped: [Counter; 2],
     events_pending: Gauge,
@@ -138,6 +140,9 @@ pub struct Metrics {
     events_outbox_errors: Counter,
     open_connections: Gauge,
 }
+
+/// The `mode` label values of `callgate_twilio_signature_mode` (`--twilio-signature`).
+const SIGNATURE_MODES: [&str; 3] = ["enforce", "report", "off"];
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -199,6 +204,8 @@ impl Metrics {
             }),
             credentials_reloads: ["ok", "error"]
                 .map(|r| metrics::counter!("callgate_credentials_reloads_total", "result" => r)),
+            signature_mode: SIGNATURE_MODES
+                .map(|m| metrics::gauge!("callgate_twilio_signature_mode", "mode" => m)),
             events: EventResult::ALL
                 .map(|r| metrics::counter!("callgate_events_total", "result" => r.as_str())),
             events_dropped: EventDrop::ALL
@@ -346,6 +353,13 @@ impl Metrics {
         self.signature_failures.increment(1);
     }
 
+    /// 1 for the `--twilio-signature` mode in force (`enforce`, `report` or `off`), 0 for the others.
+    pub fn record_signature_mode(&self, mode: &str) {
+        for (gauge, m) in self.signature_mode.iter().zip(SIGNATURE_MODES) {
+            gauge.set(if m == mode { 1.0 } else { 0.0 });
+        }
+    }
+
     pub fn record_reload(&self, ok: bool) {
         if ok {
             self.reloads_ok.increment(1);
@@ -442,6 +456,10 @@ fn describe() {
     describe_counter!(
         "callgate_twilio_signature_failures_total",
         "Requests whose X-Twilio-Signature did not validate."
+    );
+    describe_gauge!(
+        "callgate_twilio_signature_mode",
+        "1 for the --twilio-signature mode in force (enforce, report, off), 0 for the others."
     );
     describe_counter!(
         "callgate_dedup_total",

@@ -252,6 +252,19 @@ pub enum SignatureMode {
     Off,
 }
 
+impl SignatureMode {
+    pub const ALL: [SignatureMode; 3] = [SignatureMode::Enforce, SignatureMode::Report, SignatureMode::Off];
+
+    /// The flag's spelling, and the `mode` label of `callgate_twilio_signature_mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureMode::Enforce => "enforce",
+            SignatureMode::Report => "report",
+            SignatureMode::Off => "off",
+        }
+    }
+}
+
 /// A secret from the command line or environment; `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -505,6 +518,26 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// One line for stderr at start-up when signatures are not fully in force: off, only
+    /// reported, or enforced against a URL rebuilt from request headers.
+    pub fn signature_warning(&self) -> Option<&'static str> {
+        match (self.twilio_signature, &self.public_url) {
+            (SignatureMode::Off, _) => Some(
+                "--twilio-signature off: X-Twilio-Signature is not checked, so anyone who finds the voice URL \
+                 can place gated calls and reach the engine; set CALLGATE_TWILIO_AUTH_TOKENS",
+            ),
+            (SignatureMode::Report, _) => Some(
+                "--twilio-signature report: requests with a bad X-Twilio-Signature are counted and logged but \
+                 let through; switch to enforce once callgate_twilio_signature_failures_total stays at 0",
+            ),
+            (SignatureMode::Enforce, None) => Some(
+                "--twilio-signature enforce without --public-url: the signed URL is rebuilt from the Host and \
+                 X-Forwarded-* headers; set --public-url to the scheme://host[:port] configured in Twilio",
+            ),
+            (SignatureMode::Enforce, Some(_)) => None,
+        }
+    }
+
     /// How routes are validated under these settings.
     pub fn validate_options(&self) -> crate::routes::ValidateOptions {
         crate::routes::ValidateOptions { allow_insecure_gates: self.allow_insecure_gates }

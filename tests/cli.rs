@@ -164,6 +164,7 @@ fn start_up_refuses_bad_flags_with_one_line_and_status_2() {
 /// the secret (or a mistyped one, which is nearly the secret). Nothing of it reaches stderr.
 #[test]
 fn a_bad_secret_value_is_refused_without_being_echoed() {
+    // Arguments, and a variable to set.
     type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
     let cases: [Case; 7] = [
         (&["--api-key", "S3CRETX"], None),

@@ -226,3 +226,71 @@ async fn reloads_and_admin_writes_are_counted() {
     assert_eq!(cg.metric("callgate_admin_writes_total{result=\"error\"}").await, 1.0);
     assert_eq!(cg.metric("callgate_routes_entries{kind=\"number\"}").await, 3.0);
 }
+
+fn modes(text: &str) -> [Option<f64>; 3] {
+    ["enforce", "report", "off"]
+        .map(|m| metric_value(text, &format!("callgate_twilio_signature_mode{{mode=\"{m}\"}}")))
+}
+
+fn warnings(cg: &Binary) -> Vec<String> {
+    // Start-up lines are written before "callgate serving", which `spawn` waited for.
+    std::thread::sleep(callgate::logging::FLUSH_INTERVAL * 4);
+    let logs = cg.logs.lock().unwrap();
+    logs.iter()
+        .filter(|l| l["level"] == "WARN")
+        .map(|l| l["message"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Issue 18 item 4: a signature check that is off, or only reported, is said at start-up and
+/// exported, so that it is never silently off in production.
+#[tokio::test]
+async fn the_signature_mode_is_exported_and_warned_about_unless_enforced() {
+    let engine = Stub::start(Reply::json("")).await;
+    let cases: [(&[&str], [f64; 3], Option<&str>); 4] = [
+        (&[], [0.0, 0.0, 1.0], Some("--twilio-signature off")),
+        (
+            &["--twilio-auth-token", "t0k", "--twilio-signature", "report"],
+            [0.0, 1.0, 0.0],
+            Some("--twilio-signature report"),
+        ),
+        (&["--twilio-auth-token", "t0k"], [1.0, 0.0, 0.0], Some("--public-url")),
+        (&["--twilio-auth-token", "t0k", "--public-url", "https://voice.example.com"], [1.0, 0.0, 0.0], None),
+    ];
+    for (args, want, warning) in cases {
+        let cg = Binary::spawn("{}", &engine.url(""), args);
+        let text = get(&cg.admin_url("/metrics")).await.unwrap().text();
+        assert_eq!(modes(&text), want.map(Some), "{args:?}");
+        let warned = warnings(&cg);
+        match warning {
+            Some(w) => {
+                let lines: Vec<_> = warned.iter().filter(|l| l.contains("signature")).collect();
+                assert_eq!(lines.len(), 1, "{args:?}: one line: {warned:?}");
+                assert!(lines[0].contains(w), "{args:?}: {warned:?}");
+            }
+            None => assert!(warned.iter().all(|l| !l.contains("signature")), "{args:?}: {warned:?}"),
+        }
+    }
+}
+
+/// Issue 18 item 4: a forwarded header that is not a host or a scheme is refused and counted.
+#[tokio::test]
+async fn a_bad_forwarded_header_is_counted_as_a_signature_failure() {
+    let engine = Stub::start(Reply::json("")).await;
+    let cg = Binary::spawn("{}", &engine.url(""), &["--twilio-auth-token", "t0k"]);
+    // Signed for the URL the header makes: without the check it validates.
+    let form = ringing(TO);
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(form.as_bytes()).into_owned().collect();
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let url = "http://voice.example.com/other/path?/twilio/voice";
+    let signature = callgate::webhook::signature::sign_with_token("t0k", url, &pairs);
+    let request = http::Request::post(cg.url("/twilio/voice"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", signature)
+        .header("x-forwarded-host", "voice.example.com/other/path?")
+        .body(http_body_util::Full::new(bytes::Bytes::from(form)))
+        .unwrap();
+    assert_eq!(send(request).await.unwrap().status, http::StatusCode::FORBIDDEN);
+    assert_eq!(cg.metric("callgate_twilio_signature_failures_total").await, 1.0);
+    assert_eq!(engine.count(), 0);
+}

@@ -147,6 +147,44 @@ async fn the_public_url_and_forwarded_headers_rebuild_what_twilio_signed() {
     assert_eq!(engine.count(), 2);
 }
 
+/// Issue 18 item 4: X-Forwarded-Host and -Proto rebuild the signed URL only when they are a
+/// host and a scheme. A "host" carrying a path let a signature made for one URL (a status
+/// callback's) be replayed to the voice path: the forwarded-host path trick.
+#[tokio::test]
+async fn forwarded_headers_that_are_not_a_host_and_a_scheme_are_refused() {
+    let (cg, gate, engine) = enforcing(&[TOKEN], |_| {}).await;
+    let form = ringing(TO);
+    for (proto, host) in [
+        ("https", "voice.example.com/twilio/status?"),
+        ("https", "voice.example.com/twilio/status#"),
+        ("https", "user@voice.example.com"),
+        ("https", "voice.example.com:99999"),
+        ("https", "voice.example.com:"),
+        ("https", "[::1"),
+        ("ftp", "voice.example.com"),
+        ("javascript", "voice.example.com"),
+        ("https://voice.example.com/twilio/status?x", "voice.example.com"),
+    ] {
+        let signed_as = format!("{proto}://{host}/twilio/voice");
+        let signature = sign(TOKEN, &signed_as, &form);
+        let headers = [("x-forwarded-proto", proto), ("x-forwarded-host", host)];
+        let answer = signed_post(&cg.url("/twilio/voice"), &form, &signature, &headers).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{proto} {host}");
+    }
+    assert_eq!((gate.count(), engine.count()), (0, 0), "no refused request reached the gate or the engine");
+    for (proto, host, signed_as) in [
+        ("HTTPS", "voice.example.com:8443", "https://voice.example.com:8443/twilio/voice"),
+        ("http", "[::1]:8080", "http://[::1]:8080/twilio/voice"),
+        ("https", "10.0.0.1", "https://10.0.0.1/twilio/voice"),
+        ("https", "voice-1.example.com, proxy.internal", "https://voice-1.example.com/twilio/voice"),
+    ] {
+        let signature = sign(TOKEN, signed_as, &form);
+        let headers = [("x-forwarded-proto", proto), ("x-forwarded-host", host)];
+        let answer = signed_post(&cg.url("/twilio/voice"), &form, &signature, &headers).await;
+        assert_eq!(answer.status, StatusCode::OK, "{proto} {host}");
+    }
+}
+
 #[tokio::test]
 async fn get_webhooks_sign_the_url_alone() {
     let (cg, gate, _engine) = enforcing(&[TOKEN], |_| {}).await;

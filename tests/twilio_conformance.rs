@@ -45,16 +45,16 @@ fn rebuilt(id: usize, url: &str) -> String {
     let mut headers = HeaderMap::new();
     let value = |s: &str| HeaderValue::from_str(s).expect("visible ASCII authority");
     match id % 3 {
-        0 => signed_url(Some(&format!("{scheme}://{authority}")), false, &headers, target),
+        0 => signed_url(Some(&format!("{scheme}://{authority}")), false, &headers, target).unwrap(),
         1 => {
             headers.insert("host", value("10.0.0.7:8080"));
             headers.insert("x-forwarded-proto", value(&format!("{scheme}, http")));
             headers.insert("x-forwarded-host", value(authority));
-            signed_url(None, false, &headers, target)
+            signed_url(None, false, &headers, target).unwrap()
         }
         _ => {
             headers.insert("host", value(authority));
-            signed_url(None, scheme == "https", &headers, target)
+            signed_url(None, scheme == "https", &headers, target).unwrap()
         }
     }
 }

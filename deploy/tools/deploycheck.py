@@ -50,6 +50,7 @@ EXPORTED = {
     "callgate_overhead_seconds": ("histogram", {}),
     "callgate_upstream_errors_total": ("counter", {"cause": {"connect", "timeout", "protocol"}}),
     "callgate_twilio_signature_failures_total": ("counter", {}),
+    "callgate_twilio_signature_mode": ("gauge", {"mode": {"enforce", "report", "off"}}),
     "callgate_routes_reloads_total": ("counter", {"result": {"ok", "error"}}),
     "callgate_routes_entries": ("gauge", {"kind": {"agent", "number"}}),
     "callgate_routes_last_reload_success": ("gauge", {}),
@@ -333,6 +334,11 @@ def cmd_deployment_policy(path):
             problems.append(f"{path}: callgate env {name} should be {value!r}, is {val(name)!r}")
     if not val("CALLGATE_PUBLIC_URL"):
         problems.append(f"{path}: callgate env CALLGATE_PUBLIC_URL missing")
+    if val("CALLGATE_TWILIO_SIGNATURE") not in (None, "enforce"):
+        problems.append(f"{path}: CALLGATE_TWILIO_SIGNATURE must be enforce (or unset) in the shipped Deployment")
+    signed = [p.strip() for p in (val("CALLGATE_SIGNED_PATHS") or "").split(",") if p.strip()]
+    if not signed or any(not p.startswith("/") for p in signed):
+        problems.append(f"{path}: CALLGATE_SIGNED_PATHS should list the status callback and action paths")
     for name in ("CALLGATE_TWILIO_AUTH_TOKENS", "CALLGATE_API_KEYS"):
         if "secretKeyRef" not in ((env.get(name) or {}).get("valueFrom") or {}):
             problems.append(f"{path}: callgate env {name} must come from a Secret (secretKeyRef)")

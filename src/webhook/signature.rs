@@ -46,6 +46,8 @@ pub enum SignatureError {
     BadSettings,
     #[error("body does not match bodySHA256")]
     BodyHashMismatch,
+    #[error("X-Forwarded-Proto, X-Forwarded-Host or Host is not a scheme (http, https) or a host")]
+    UrlHeaders,
 }
 
 impl SignatureError {
@@ -57,6 +59,7 @@ impl SignatureError {
             SignatureError::UnknownKey => "unknown_key",
             SignatureError::BadSettings => "bad_settings",
             SignatureError::BodyHashMismatch => "body_hash",
+            SignatureError::UrlHeaders => "url_headers",
         }
     }
 }
@@ -329,28 +332,65 @@ fn body_hash_matches(body: &[u8], wanted: &str) -> bool {
 /// The URL Twilio signed. `path_and_query` is the raw request target as received. With
 /// `public_url` (`scheme://host[:port]`), that and the target; else the scheme is the first
 /// `X-Forwarded-Proto` value (lower-cased), or https on a TLS connection, or http; the host is
-/// the first `X-Forwarded-Host` value, or `Host`.
+/// the first `X-Forwarded-Host` value, or `Host`. A scheme other than http or https, or a host
+/// that is not `host[:port]` (a path, a query, user info), is an error: a "host" carrying a path
+/// would let a signature made for one URL be replayed to another.
 pub fn signed_url(
     public_url: Option<&str>,
     tls: bool,
     headers: &http::HeaderMap,
     path_and_query: &str,
-) -> String {
+) -> Result<String, SignatureError> {
     if let Some(base) = public_url {
         let base = base.strip_suffix('/').unwrap_or(base);
         let mut url = String::with_capacity(base.len() + path_and_query.len());
         url.push_str(base);
         url.push_str(path_and_query);
-        return url;
+        return Ok(url);
     }
     let scheme = first_value(headers, &X_FORWARDED_PROTO).unwrap_or(if tls { "https" } else { "http" });
     let host = first_value(headers, &X_FORWARDED_HOST).or_else(|| first_value(headers, &HOST)).unwrap_or("");
+    let scheme_ok = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    // No host at all (HTTP/1.0) builds a URL that no signature matches, as before.
+    if !scheme_ok || !(host.is_empty() || is_host(host)) {
+        return Err(SignatureError::UrlHeaders);
+    }
     let mut url = String::with_capacity(scheme.len() + 3 + host.len() + path_and_query.len());
     url.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
     url.push_str("://");
     url.push_str(host);
     url.push_str(path_and_query);
-    url
+    Ok(url)
+}
+
+/// `host[:port]`: a name or IPv4 address (letters, digits, `-`, `.`, `_`) or a bracketed IPv6
+/// address, and a port of 1 to 65535. Nothing else: no path, query, fragment or user info.
+fn is_host(s: &str) -> bool {
+    let (host_ok, port) = match s.strip_prefix('[') {
+        Some(rest) => {
+            let Some((ip, after)) = rest.split_once(']') else { return false };
+            let ip_ok = !ip.is_empty() && ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            match after {
+                "" => (ip_ok, None),
+                _ => (ip_ok, Some(after.strip_prefix(':').unwrap_or("x"))),
+            }
+        }
+        None => {
+            let (host, port) = match s.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (s, None),
+            };
+            let ok =
+                !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            (ok, port)
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        (1..=5).contains(&p.len())
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    host_ok && port_ok
 }
 
 /// The first comma-separated value of the first `name` header, trimmed; `None` if absent, empty
@@ -641,26 +681,66 @@ mod tests {
             ("x-forwarded-host", "pub.example"),
         ]);
         assert_eq!(
-            signed_url(Some("https://gate.example"), false, &h, target),
+            signed_url(Some("https://gate.example"), false, &h, target).unwrap(),
             "https://gate.example/twilio/voice?x=%2B1&y"
         );
         assert_eq!(
-            signed_url(Some("https://gate.example:8443/"), false, &h, target),
+            signed_url(Some("https://gate.example:8443/"), false, &h, target).unwrap(),
             "https://gate.example:8443/twilio/voice?x=%2B1&y"
         );
-        assert_eq!(signed_url(None, false, &h, target), "https://pub.example/twilio/voice?x=%2B1&y");
+        assert_eq!(signed_url(None, false, &h, target).unwrap(), "https://pub.example/twilio/voice?x=%2B1&y");
         let h = headers(&[
             ("host", "internal:8080"),
             ("x-forwarded-proto", " HTTPS , http"),
             ("x-forwarded-proto", "http"),
             ("x-forwarded-host", "a.example:443, b.example"),
         ]);
-        assert_eq!(signed_url(None, false, &h, "/v"), "https://a.example:443/v");
+        assert_eq!(signed_url(None, false, &h, "/v").unwrap(), "https://a.example:443/v");
         let h = headers(&[("host", "callgate.example:8443")]);
-        assert_eq!(signed_url(None, true, &h, "/v"), "https://callgate.example:8443/v");
-        assert_eq!(signed_url(None, false, &h, "/v"), "http://callgate.example:8443/v");
+        assert_eq!(signed_url(None, true, &h, "/v").unwrap(), "https://callgate.example:8443/v");
+        assert_eq!(signed_url(None, false, &h, "/v").unwrap(), "http://callgate.example:8443/v");
         let h = headers(&[("host", "h.example"), ("x-forwarded-proto", ""), ("x-forwarded-host", " ")]);
-        assert_eq!(signed_url(None, true, &h, "/v"), "https://h.example/v");
+        assert_eq!(signed_url(None, true, &h, "/v").unwrap(), "https://h.example/v");
+    }
+
+    #[test]
+    fn url_headers_must_be_a_scheme_and_a_host() {
+        let url = |pairs: &[(&'static str, &'static str)]| signed_url(None, false, &headers(pairs), "/v");
+        for bad in [
+            "a.example/x",
+            "a.example/x?",
+            "a.example#",
+            "u@a.example",
+            "a.example:",
+            "a.example:0",
+            "a.example:65536",
+            "a.example:8o",
+            "[::1",
+            "[::1]x",
+            "[]",
+            ":80",
+            "a b",
+            "a.example\\",
+        ] {
+            assert_eq!(url(&[("x-forwarded-host", bad)]), Err(SignatureError::UrlHeaders), "{bad}");
+            assert_eq!(url(&[("host", bad)]), Err(SignatureError::UrlHeaders), "Host {bad}");
+        }
+        for bad in ["ftp", "javascript", "https://a.example/x", "http:"] {
+            let h = [("host", "a.example"), ("x-forwarded-proto", bad)];
+            assert_eq!(url(&h), Err(SignatureError::UrlHeaders), "{bad}");
+        }
+        for (host, want) in [
+            ("a.example", "http://a.example/v"),
+            ("A-1.example_x:65535", "http://A-1.example_x:65535/v"),
+            ("10.0.0.1:80", "http://10.0.0.1:80/v"),
+            ("[2001:db8::1]:8443", "http://[2001:db8::1]:8443/v"),
+            ("[::ffff:10.0.0.1]", "http://[::ffff:10.0.0.1]/v"),
+        ] {
+            assert_eq!(url(&[("host", host)]).unwrap(), want);
+        }
+        // A bad forwarded header is no matter when --public-url says where Twilio calls.
+        let h = headers(&[("x-forwarded-host", "a.example/x"), ("x-forwarded-proto", "ftp")]);
+        assert_eq!(signed_url(Some("https://p.example"), false, &h, "/v").unwrap(), "https://p.example/v");
     }
 
     #[test]

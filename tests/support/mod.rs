@@ -456,10 +456,24 @@ impl Binary {
 
     /// Starts callgate and returns once its admin listener is up (the table may still load).
     pub fn start(routes: &str, upstream: &str, args: &[&str]) -> Binary {
+        Binary::start_via(&[], routes, upstream, args)
+    }
+
+    /// As [`Binary::start`], run through `wrapper` (a program and its arguments, the binary's
+    /// path and arguments after them), which must end by exec'ing it: the child is callgate.
+    pub fn start_via(wrapper: &[&str], routes: &str, upstream: &str, args: &[&str]) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.json");
         std::fs::write(&path, routes).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callgate"))
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_callgate"));
+                c
+            }
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_callgate")),
+        };
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--upstream", upstream, "--allow-insecure-gates", "--api-key", "kid:ksecret"])
             .arg("--routes")

@@ -272,3 +272,41 @@ async fn the_document_is_served_without_a_key() {
     assert_eq!(answer.header("allow"), Some("GET, HEAD"));
     cg.stop().await;
 }
+
+/// Every call in a README table (`| `PUT /v1/...` |`, `| `PUT/GET/DELETE /v1/...` |`, and
+/// `| `GET` same |` for the row above's path) is one the document describes: the document is
+/// the one source the README's API tables are checked against.
+#[test]
+fn every_call_in_the_readme_tables_is_described() {
+    let readme = include_str!("../README.md");
+    let described = described();
+    let mut last_path: Option<String> = None;
+    let mut checked = 0;
+    for line in readme.lines() {
+        let Some(cell) = line.strip_prefix("| `").and_then(|rest| rest.split_once('`')).map(|(cell, _)| cell)
+        else {
+            continue;
+        };
+        let rest = line.strip_prefix("| `").unwrap().split_once('`').unwrap().1;
+        let (methods, path) = match cell.split_once(' ') {
+            Some((methods, path)) if path.starts_with('/') => (methods, path.to_owned()),
+            None if rest.trim_start().starts_with("same") => match &last_path {
+                Some(path) => (cell, path.clone()),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if !methods.split('/').all(|m| METHODS.contains(&m)) {
+            continue;
+        }
+        for method in methods.split('/') {
+            assert!(
+                described.contains(&(method.to_owned(), path.clone())),
+                "README.md lists `{method} {path}`, which openapi/callgate-admin.yaml does not describe"
+            );
+            checked += 1;
+        }
+        last_path = Some(path);
+    }
+    assert!(checked >= 10, "the README's API table was not found (checked {checked} calls)");
+}

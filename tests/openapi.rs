@@ -310,3 +310,22 @@ fn every_call_in_the_readme_tables_is_described() {
     }
     assert!(checked >= 10, "the README's API table was not found (checked {checked} calls)");
 }
+
+/// Found by schemathesis: a gate URL whose host no resolver can find was taken, and GET
+/// /v1/routes then answered a URL its own schema refuses. Now a 400 `invalid_url`, nothing changed.
+#[tokio::test]
+async fn a_gate_url_with_a_host_that_is_no_name_is_refused() {
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let cg = Callgate::spawn("{}", &engine.url("")).await;
+    let before = cg.table().await;
+    for url in ["https://api.example.com*/precall", "https:api.example.com/precall"] {
+        let (status, body) = cg
+            .admin("PUT", "/v1/integrations/precall/agent/agent_a", Some(serde_json::json!({ "url": url })))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}");
+        assert_eq!(body["error"]["code"], "invalid_url", "{url}");
+        assert!(!body["error"]["message"].as_str().unwrap().contains("example"), "the URL is not echoed");
+    }
+    assert_eq!(cg.table().await, before);
+    cg.stop().await;
+}

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::body::{self, BodyError};
+use crate::decide::record::Record;
+use crate::decide::{decide, Call, Deadline};
 use crate::routes::writer::{Edit, WriteError};
 use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec, RouteTable};
 use crate::settings::ApiKey;
@@ -197,6 +199,10 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
                 _ => Err(not_allowed()),
             }
         }
+        ["v1", "test-call"] => match *method {
+            Method::POST => test_call(app, &parts.headers, body).await,
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
         ["v1", "calls", call_sid] => match *method {
             Method::GET => {
                 let sid = decoded(call_sid).unwrap_or_default();
@@ -224,8 +230,55 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             }
             _ => Err(not_allowed()),
         },
+        ["v1", "events", "test"] => match *method {
+            Method::POST => {
+                let Some(events) = &app.events else {
+                    return Err(api_error(
+                        StatusCode::CONFLICT,
+                        "not_configured",
+                        "decision events are off: start callgate with --events-url and --events-signing-secret",
+                    ));
+                };
+                Ok(json!(events.send_test().await).into())
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
         _ => Err(api_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")),
     }
+}
+
+/// `POST /v1/test-call` (SPEC §16): a call through resolution, context and the gate, told it is
+/// a test (`"test": true`), answered with the decision record it would get. Nothing is
+/// forwarded, kept or counted as a call.
+async fn test_call(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Answer, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TestCall {
+        to: String,
+        #[serde(default)]
+        from: String,
+    }
+    let value = read_json(headers, body, app.settings.header_timeout).await?;
+    if !value.get("to").is_some_and(Value::is_string) {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "to is required and must be a string",
+        ));
+    }
+    let request: TestCall = from_value(&value)?;
+    let call = Call { call_id: test_call_sid(), from: request.from, to: request.to, test: true };
+    let deadline = Deadline::new(std::time::Instant::now(), app.settings.twilio_deadline);
+    let verdict = decide(&app.stages(), &call, deadline).await;
+    let record = Record::new(&call, &verdict, std::time::SystemTime::now());
+    Ok(serde_json::to_value(record).expect("a record serialises").into())
+}
+
+/// A CallSid for a test call: `CA` and 32 hex digits, from the process's random hash keys.
+fn test_call_sid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = || std::collections::hash_map::RandomState::new().build_hasher().finish();
+    format!("CA{:016x}{:016x}", random(), random())
 }
 
 /// What a gate endpoint sets the gate of: an agent (`/precall/agent/{agent_id}`) or a number
@@ -442,7 +495,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?}`, validated.
+/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?, "mode"?}`, validated.
 async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gate, ApiError> {
     let value = read_json(headers, body, app.settings.header_timeout).await?;
     let Value::Object(object) = &value else {
@@ -500,6 +553,7 @@ fn gate_answer(key: &str, id: &str, gate: &Gate) -> Value {
         answer["timeout_ms"] = json!(ms);
     }
     answer["on_failure"] = json!(gate.on_failure().as_str());
+    answer["mode"] = json!(gate.mode().as_str());
     answer
 }
 

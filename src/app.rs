@@ -12,10 +12,13 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
+use crate::decide::breaker::Breaker;
+use crate::decide::dedup::Dedup;
 use crate::decide::record::DecisionLog;
 use crate::decide::Stages;
 use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
 use crate::error::RequestError;
+use crate::events::Events;
 use crate::gate::GateClient;
 use crate::metrics::Metrics;
 use crate::routes::store::RouteStore;
@@ -96,10 +99,16 @@ pub struct App {
     /// The only way to change the table.
     pub writer: Writer,
     pub gate: GateClient,
+    /// Decision events, with `--events-url`.
+    pub events: Option<Events>,
     pub engine: Engine,
     pub metrics: &'static Metrics,
     /// The last `--decision-log-size` decided calls.
     pub decisions: DecisionLog,
+    /// One circuit per gate origin (`--breaker-failures`, `--breaker-cooldown`).
+    pub breaker: Breaker,
+    /// CallSids decided within `--dedup-window`.
+    pub dedup: Dedup,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
     pub verifier: Option<Verifier>,
     /// `--voice-path`s and `--signed-path`s in canonical form.
@@ -118,6 +127,7 @@ impl App {
         routes: Arc<RouteStore>,
         writer: Writer,
         gate: GateClient,
+        events: Option<Events>,
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
@@ -136,11 +146,16 @@ impl App {
         let voice_paths = canonical(&settings.voice_paths);
         let decisions = DecisionLog::start(settings.decision_log_size);
         let signed_paths = canonical(&settings.signed_paths);
+        let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown, metrics);
+        let dedup = Dedup::new(settings.dedup_window);
         App {
+            breaker,
+            dedup,
             settings,
             routes,
             writer,
             gate,
+            events,
             engine,
             metrics,
             decisions,
@@ -177,7 +192,7 @@ impl App {
 
     /// What the decision core needs of the shared state.
     pub fn stages(&self) -> Stages<'_> {
-        Stages { routes: &self.routes, gate: &self.gate }
+        Stages { routes: &self.routes, gate: &self.gate, breaker: &self.breaker, dedup: &self.dedup }
     }
 
     /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most

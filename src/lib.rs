@@ -19,17 +19,20 @@
 //! - [`decide`]: **where a call's decision is made**: the call, its deadline, the typed
 //!   [`decide::Verdict`], and the one function that runs the stages in order;
 //!   [`decide::answer`] reads a gate's answer and its enrichment, [`decide::record`] keeps the
-//!   recent decision records.
+//!   recent decision records, [`decide::breaker`] keeps a circuit per gate origin and
+//!   [`decide::dedup`] the CallSids decided within the dedup window.
 //! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing.
 //! - [`engine`]: forwarding to the voice engine with callgate's typed stamp, header hygiene,
 //!   WebSocket relays.
 //! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
+//! - [`events`]: decision events: the outbox under `--state-dir` and signed, retried delivery.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
 //! - [`logging`]: the buffered log writer that keeps `write`s off the request path.
 //! - [`metrics`]: every metric name, its help text and typed recorders.
 //! - [`error`]: request errors and the one match that turns them into responses.
 //! - [`wire`]: leaf types every layer shares (the response body, header names).
 //! - [`demo`]: `callgate demo`, a demo engine and demo gates around the real server.
+//! - [`probe`]: `callgate probe`, which grades a gate before it carries calls.
 
 pub mod admin;
 pub mod app;
@@ -39,9 +42,11 @@ pub mod decide;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod gate;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod routes;
 pub mod server;
 pub mod settings;
@@ -54,6 +59,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::app::App;
+use crate::events::{Events, EventsConfig};
 use crate::gate::{GateClient, Signer};
 use crate::routes::store::RouteStore;
 use crate::routes::writer::Writer;
@@ -102,14 +108,16 @@ pub async fn run(
         .gate_signing_secret
         .as_ref()
         .map(|secret| Signer::new(secret.expose().as_bytes(), settings.gate_signature_header.clone()));
+    let gate_tls = tls::gate_client_config(settings.gate_ca_file.as_deref())?;
+    let events = EventsConfig::from_settings(&settings, gate_tls.clone()).map(|c| Events::start(c, metrics));
     let gate = GateClient::new(
-        tls::gate_client_config(settings.gate_ca_file.as_deref())?,
+        gate_tls,
         settings.gate_timeout,
         settings.gate_max_pending as usize,
         signer,
         settings.workers,
     );
-    let app = Arc::new(App::new(settings, routes, writer.clone(), gate, metrics));
+    let app = Arc::new(App::new(settings, routes, writer.clone(), gate, events, metrics));
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
@@ -129,6 +137,9 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             admin.stop().await;
+            if let Some(events) = &app.events {
+                events.stop().await;
+            }
             return Err(e.into());
         }
         Err(_) => unreachable!("the writer reports its first load"),
@@ -143,7 +154,11 @@ pub async fn run(
         "callgate serving"
     );
     let _tls_watch = server_tls.as_ref().map(|t| AbortOnDrop(t.watch(metrics)));
+    let events = app.events.clone();
     server::serve(app, listeners.public, server_tls.map(|t| t.acceptor), shutdown).await;
     admin.stop().await;
+    if let Some(events) = events {
+        events.stop().await;
+    }
     Ok(())
 }

@@ -171,6 +171,41 @@ impl Drop for LogGuard {
     }
 }
 
+/// Lets at most `per_second` occurrences of one kind of log line through each second and counts
+/// the rest, so that a flood of bad requests cannot crowd the decision lines out of the buffer.
+pub struct Throttle {
+    per_second: u32,
+    state: Mutex<ThrottleState>,
+}
+
+struct ThrottleState {
+    window: Option<Instant>,
+    in_window: u32,
+    left_out: u64,
+}
+
+impl Throttle {
+    pub const fn new(per_second: u32) -> Throttle {
+        Throttle { per_second, state: Mutex::new(ThrottleState { window: None, in_window: 0, left_out: 0 }) }
+    }
+
+    /// `Some(lines left out since the last one let through)` when this line may be written.
+    pub fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if state.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
+            state.window = Some(now);
+            state.in_window = 0;
+        }
+        if state.in_window >= self.per_second {
+            state.left_out += 1;
+            return None;
+        }
+        state.in_window += 1;
+        Some(std::mem::take(&mut state.left_out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,40 +357,5 @@ mod tests {
         let start = Instant::now();
         drop(guard);
         assert!(start.elapsed() < LAST_FLUSH_WAIT * 3, "exit waited {:?}", start.elapsed());
-    }
-}
-
-/// Lets at most `per_second` occurrences of one kind of log line through each second and counts
-/// the rest, so that a flood of bad requests cannot crowd the decision lines out of the buffer.
-pub struct Throttle {
-    per_second: u32,
-    state: Mutex<ThrottleState>,
-}
-
-struct ThrottleState {
-    window: Option<Instant>,
-    in_window: u32,
-    left_out: u64,
-}
-
-impl Throttle {
-    pub const fn new(per_second: u32) -> Throttle {
-        Throttle { per_second, state: Mutex::new(ThrottleState { window: None, in_window: 0, left_out: 0 }) }
-    }
-
-    /// `Some(lines left out since the last one let through)` when this line may be written.
-    pub fn admit(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
-        if state.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) {
-            state.window = Some(now);
-            state.in_window = 0;
-        }
-        if state.in_window >= self.per_second {
-            state.left_out += 1;
-            return None;
-        }
-        state.in_window += 1;
-        Some(std::mem::take(&mut state.left_out))
     }
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use callgate::logging::LogGuard;
-use callgate::settings::{CheckArgs, Cli, Command, LogFormat, Settings};
+use callgate::settings::{CheckArgs, Cli, Command, LogFormat, ProbeArgs, Settings};
 use callgate::Listeners;
 
 fn main() -> ExitCode {
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Some(Command::Probe(args)) => probe(args),
         None => {
             let settings = match Settings::from_args(cli.serve) {
                 Ok(s) => s,
@@ -161,4 +162,43 @@ fn check(args: &CheckArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `callgate probe`: the report (or `--json`) on stdout, progress on a terminal's stderr; exit 0
+/// for pass or warn, 1 for fail, 2 when the probe cannot start.
+fn probe(args: ProbeArgs) -> ExitCode {
+    use callgate::probe::{Options, Progress, Ticker, Verdict};
+    let options = Options {
+        url: args.url,
+        secret: args.secret,
+        header: args.header,
+        n: args.n as usize,
+        timeout: args.timeout,
+        to: args.to,
+        from: args.from,
+        ca_file: args.ca_file,
+    };
+    runtime().block_on(async {
+        let progress = std::sync::Arc::new(Progress::default());
+        let ticker = std::io::stderr()
+            .is_terminal()
+            .then(|| Ticker::start(std::sync::Arc::clone(&progress), &options));
+        let result = callgate::probe::run(&options, &progress).await;
+        if let Some(ticker) = ticker {
+            ticker.stop().await;
+        }
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => return fail(&e),
+        };
+        if args.json {
+            println!("{}", report.to_json());
+        } else {
+            print!("{}", report.render_text());
+        }
+        match report.verdict {
+            Verdict::Pass | Verdict::Warn => ExitCode::SUCCESS,
+            Verdict::Fail => ExitCode::from(1),
+        }
+    })
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::decide::{Cause, Decision, Dropped, GateResult, Verdict};
+use crate::decide::breaker::CircuitState;
+use crate::decide::{Cause, Decision, DedupResult, Dropped, GateResult, Verdict};
 
 /// Why the engine could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +49,49 @@ impl Route {
     }
 }
 
+/// What became of a decision event's attempt, for `callgate_events_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventResult {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// An attempt failed and another is scheduled.
+    Retried,
+    /// The event left the outbox undelivered: its schedule ran out, or the outbox was full.
+    GivenUp,
+}
+
+impl EventResult {
+    const ALL: [EventResult; 3] = [EventResult::Delivered, EventResult::Retried, EventResult::GivenUp];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EventResult::Delivered => "delivered",
+            EventResult::Retried => "retried",
+            EventResult::GivenUp => "given_up",
+        }
+    }
+}
+
+/// Why a decision event was lost before its schedule ran out, for `callgate_events_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventDrop {
+    /// The hand-off queue from calls to the outbox was full; the event was never stored.
+    QueueFull,
+    /// The outbox held `--events-max-pending` events; the oldest was given up for a new one.
+    OutboxFull,
+}
+
+impl EventDrop {
+    const ALL: [EventDrop; 2] = [EventDrop::QueueFull, EventDrop::OutboxFull];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EventDrop::QueueFull => "queue_full",
+            EventDrop::OutboxFull => "outbox_full",
+        }
+    }
+}
+
 /// Histogram buckets: 50 µs to 30 s.
 const BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -61,6 +105,10 @@ pub struct Metrics {
     gate_failures: [Counter; Cause::ALL.len()],
     enrichment_dropped: [Counter; Dropped::ALL.len()],
     deadline_cut: Counter,
+    dedup: [Counter; DedupResult::ALL.len()],
+    circuit_transitions: [Counter; CircuitState::ALL.len()],
+    circuits_open: Gauge,
+    shadow_calls: Counter,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -75,6 +123,11 @@ pub struct Metrics {
     admin_writes_error: Counter,
     tls_reloads_ok: Counter,
     tls_reloads_error: Counter,
+    events: [Counter; 3],
+    events_dropped: [Counter; 2],
+    events_pending: Gauge,
+    events_outbox_ok: Gauge,
+    events_outbox_errors: Counter,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -105,6 +158,12 @@ impl Metrics {
             enrichment_dropped: Dropped::ALL
                 .map(|r| metrics::counter!("callgate_enrichment_dropped_total", "reason" => r.as_str())),
             deadline_cut: metrics::counter!("callgate_deadline_cut_total"),
+            dedup: DedupResult::ALL
+                .map(|r| metrics::counter!("callgate_dedup_total", "result" => r.as_str())),
+            circuit_transitions: CircuitState::ALL
+                .map(|to| metrics::counter!("callgate_circuit_transitions_total", "to" => to.as_str())),
+            circuits_open: metrics::gauge!("callgate_circuits_open"),
+            shadow_calls: metrics::counter!("callgate_shadow_calls_total"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -122,24 +181,44 @@ impl Metrics {
             admin_writes_error: metrics::counter!("callgate_admin_writes_total", "result" => "error"),
             tls_reloads_ok: metrics::counter!("callgate_tls_reloads_total", "result" => "ok"),
             tls_reloads_error: metrics::counter!("callgate_tls_reloads_total", "result" => "error"),
+            events: EventResult::ALL
+                .map(|r| metrics::counter!("callgate_events_total", "result" => r.as_str())),
+            events_dropped: EventDrop::ALL
+                .map(|r| metrics::counter!("callgate_events_dropped_total", "reason" => r.as_str())),
+            events_pending: metrics::gauge!("callgate_events_pending"),
+            events_outbox_ok: metrics::gauge!("callgate_events_outbox_ok"),
+            events_outbox_errors: metrics::counter!("callgate_events_outbox_errors_total"),
         };
+        m.events_pending.set(0.0);
+        m.events_outbox_ok.set(1.0);
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
-        for c in
-            m.inbound.iter().chain(&m.gate_failures).chain(&m.enrichment_dropped).chain(&m.upstream_errors)
+        for c in m
+            .inbound
+            .iter()
+            .chain(&m.gate_failures)
+            .chain(&m.enrichment_dropped)
+            .chain(&m.upstream_errors)
+            .chain(&m.events)
+            .chain(&m.events_dropped)
+            .chain(&m.dedup)
+            .chain(&m.circuit_transitions)
         {
             c.increment(0);
         }
         for c in [
             &m.signature_failures,
             &m.deadline_cut,
+            &m.shadow_calls,
             &m.reloads_ok,
             &m.reloads_error,
             &m.admin_writes_ok,
             &m.admin_writes_error,
+            &m.events_outbox_errors,
         ] {
             c.increment(0);
         }
+        m.circuits_open.set(0.0);
         m
     }
 
@@ -167,6 +246,21 @@ impl Metrics {
         for reason in verdict.dropped() {
             self.enrichment_dropped[reason as usize].increment(1);
         }
+        if verdict.shadow {
+            self.shadow_calls.increment(1);
+        }
+    }
+
+    /// A duplicate CallSid given the first decision (not counted as a decision of its own).
+    pub fn record_dedup(&self, result: DedupResult) {
+        self.dedup[result as usize].increment(1);
+    }
+
+    /// A gate circuit moved `to`; `open` circuits are now open or half-open.
+    pub fn record_circuit_transition(&self, to: CircuitState, open: usize) {
+        let i = CircuitState::ALL.iter().position(|s| *s == to).expect("every state is listed");
+        self.circuit_transitions[i].increment(1);
+        self.circuits_open.set(open as f64);
     }
 
     /// The engine's timeout was cut to fit `--twilio-deadline`.
@@ -219,6 +313,26 @@ impl Metrics {
             self.admin_writes_error.increment(1);
         }
     }
+
+    pub fn record_event(&self, result: EventResult) {
+        self.events[result as usize].increment(1);
+    }
+
+    pub fn record_event_dropped(&self, reason: EventDrop, count: u64) {
+        self.events_dropped[reason as usize].increment(count);
+    }
+
+    pub fn set_events_pending(&self, pending: usize) {
+        self.events_pending.set(pending as f64);
+    }
+
+    /// The outer result of one write to the events outbox on disk.
+    pub fn record_outbox_write(&self, ok: bool) {
+        if !ok {
+            self.events_outbox_errors.increment(1);
+        }
+        self.events_outbox_ok.set(if ok { 1.0 } else { 0.0 });
+    }
 }
 
 fn describe() {
@@ -262,10 +376,43 @@ fn describe() {
         "callgate_twilio_signature_failures_total",
         "Requests whose X-Twilio-Signature did not validate."
     );
+    describe_counter!(
+        "callgate_dedup_total",
+        "Duplicate CallSids given the first decision again, by how: replayed (decided within --dedup-window) or joined (waited for the first's gate answer)."
+    );
+    describe_counter!(
+        "callgate_circuit_transitions_total",
+        "Gate circuit breaker transitions, by the state entered (open, half_open, closed)."
+    );
+    describe_gauge!(
+        "callgate_circuits_open",
+        "Gate origins whose circuit is open or half-open: their calls are decided at once with cause circuit_open."
+    );
+    describe_counter!(
+        "callgate_shadow_calls_total",
+        "Inbound calls decided by a gate in shadow mode (the denominator for shadow_reject)."
+    );
     describe_counter!("callgate_routes_reloads_total", "Routes file reloads, by result.");
     describe_gauge!("callgate_routes_entries", "Entries in the routing table in force, by kind.");
     describe_gauge!("callgate_routes_last_reload_success", "1 if the last routes reload succeeded, else 0.");
     describe_counter!("callgate_admin_writes_total", "Admin API writes, by result.");
     describe_counter!("callgate_tls_reloads_total", "TLS certificate reloads, by result.");
+    describe_counter!(
+        "callgate_events_total",
+        "Decision event attempts by result: delivered (2xx), retried (failed, another scheduled), given_up."
+    );
+    describe_counter!(
+        "callgate_events_dropped_total",
+        "Decision events lost before their schedule ran out: queue_full (never stored), outbox_full (oldest given up)."
+    );
+    describe_gauge!("callgate_events_pending", "Decision events in the outbox, waiting for delivery.");
+    describe_gauge!(
+        "callgate_events_outbox_ok",
+        "1 while the events outbox is written to --state-dir; 0 after a failed write (events then kept in memory only)."
+    );
+    describe_counter!(
+        "callgate_events_outbox_errors_total",
+        "Writes to the events outbox on disk that failed."
+    );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

@@ -25,6 +25,46 @@ pub enum Command {
     Check(CheckArgs),
     /// Serve the real thing on loopback with a demo voice engine and demo gates.
     Demo(DemoArgs),
+    /// Grade a gate before it carries calls: exit 0 for pass or warn, 1 for fail.
+    Probe(ProbeArgs),
+}
+
+/// `callgate probe URL`: see SPEC §16. Flags shared with serving read the same variables.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The gate URL (https://, or http:// with a warning).
+    pub url: String,
+    /// Sign requests as --gate-signing-secret does, and check that the gate refuses unsigned ones.
+    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub secret: Option<Secret>,
+    /// Header carrying the signature.
+    #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]
+    pub header: http::HeaderName,
+    /// Requests whose answers and latencies are graded.
+    #[arg(long, env = "CALLGATE_PROBE_N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub n: u32,
+    /// The gate deadline to grade against.
+    #[arg(long, env = "CALLGATE_GATE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The dialled number sent to the gate.
+    #[arg(long, env = "CALLGATE_PROBE_TO", default_value = "+15005550006", value_parser = parse_e164)]
+    pub to: String,
+    /// The caller's number sent to the gate.
+    #[arg(long, env = "CALLGATE_PROBE_FROM", default_value = "+14155550100", value_parser = parse_e164)]
+    pub from: String,
+    /// Extra roots for the gate's TLS (private CAs), beside the bundled public roots.
+    #[arg(long, env = "CALLGATE_GATE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Print one JSON object instead of the report.
+    #[arg(long, env = "CALLGATE_PROBE_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+    pub json: bool,
+}
+
+fn parse_e164(s: &str) -> Result<String, String> {
+    if !crate::routes::is_e164(s) {
+        return Err("write an E.164 number: + then 2 to 15 digits".into());
+    }
+    Ok(s.to_owned())
 }
 
 #[derive(Debug, Args)]
@@ -114,10 +154,10 @@ pub struct ServeArgs {
     #[arg(long = "signed-path", env = "CALLGATE_SIGNED_PATHS", value_delimiter = ',', value_parser = parse_list_item)]
     pub signed_paths: Vec<String>,
     /// Twilio auth tokens that may have signed a request (several while rotating).
-    #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", value_delimiter = ',', value_parser = parse_secret)]
+    #[arg(long = "twilio-auth-token", env = "CALLGATE_TWILIO_AUTH_TOKENS", hide_env_values = true, value_delimiter = ',', value_parser = parse_secret)]
     pub twilio_auth_tokens: Vec<Secret>,
     /// Twilio SharedKey secrets, ID=SECRET.
-    #[arg(long = "twilio-shared-key", env = "CALLGATE_TWILIO_SHARED_KEYS", value_delimiter = ',', value_parser = parse_shared_key)]
+    #[arg(long = "twilio-shared-key", env = "CALLGATE_TWILIO_SHARED_KEYS", hide_env_values = true, value_delimiter = ',', value_parser = parse_shared_key)]
     pub twilio_shared_keys: Vec<SharedKey>,
     /// enforce, report (count and log, let through) or off; default enforce with a token or key.
     #[arg(long, env = "CALLGATE_TWILIO_SIGNATURE", value_enum)]
@@ -126,7 +166,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Sign every gate POST with this secret.
-    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", value_parser = parse_secret)]
+    #[arg(long, env = "CALLGATE_GATE_SIGNING_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub gate_signing_secret: Option<Secret>,
     /// Header carrying the gate request signature.
     #[arg(long, env = "CALLGATE_GATE_SIGNATURE_HEADER", default_value = "X-Callgate-Signature", value_parser = parse_header_name)]
@@ -141,7 +181,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CALLGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Keys for the admin API, ID:SECRET; with none, the admin API answers 401.
-    #[arg(long = "api-key", env = "CALLGATE_API_KEYS", value_delimiter = ',', value_parser = parse_api_key)]
+    #[arg(long = "api-key", env = "CALLGATE_API_KEYS", hide_env_values = true, value_delimiter = ',', value_parser = parse_api_key)]
     pub api_keys: Vec<ApiKey>,
     /// Every gated webhook is answered within it; the engine's timeout is cut to what the gate left.
     #[arg(long, env = "CALLGATE_TWILIO_DEADLINE", default_value = "14s", value_parser = parse_duration)]
@@ -149,6 +189,37 @@ pub struct ServeArgs {
     /// Recent decisions kept for GET /v1/calls/{call_sid}.
     #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
     pub decision_log_size: u32,
+    /// Where decision events go (reject, fail_closed, fail_open); https://, or http:// with
+    /// --allow-insecure-gates.
+    #[arg(long, env = "CALLGATE_EVENTS_URL")]
+    pub events_url: Option<String>,
+    /// Signs every decision event (X-Callgate-Signature); required with --events-url.
+    #[arg(long, env = "CALLGATE_EVENTS_SIGNING_SECRET", value_parser = parse_secret)]
+    pub events_signing_secret: Option<Secret>,
+    /// Delays before each retry of an undelivered event, comma-separated.
+    #[arg(
+        long,
+        env = "CALLGATE_EVENTS_RETRY_SCHEDULE",
+        value_delimiter = ',',
+        default_value = "1m,5m,30m,2h,12h",
+        value_parser = parse_duration
+    )]
+    pub events_retry_schedule: Vec<Duration>,
+    /// Events the outbox holds at most; past it the oldest is given up.
+    #[arg(long, env = "CALLGATE_EVENTS_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_max_pending: u32,
+    /// Durable local state: the events outbox.
+    #[arg(long, env = "CALLGATE_STATE_DIR", default_value = "callgate-state")]
+    pub state_dir: PathBuf,
+    /// A CallSid seen again within it gets the same decision without a second gate request; 0 turns it off.
+    #[arg(long, env = "CALLGATE_DEDUP_WINDOW", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub dedup_window: Duration,
+    /// Consecutive timeout, connect or 5xx failures of one gate origin that open its circuit; 0 turns it off.
+    #[arg(long, env = "CALLGATE_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(..=1_000_000))]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one call probes it.
+    #[arg(long, env = "CALLGATE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -291,6 +362,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// A duration where `0` means off.
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 60s, or 0 for off)"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d =
         humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 5s or 500ms)"))?;
@@ -362,6 +441,20 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub twilio_deadline: Duration,
     pub decision_log_size: usize,
+    /// `--events-url`; with it, `events_signing_secret` is set.
+    pub events_url: Option<EventsUrl>,
+    pub events_signing_secret: Option<Secret>,
+    pub events_retry_schedule: Vec<Duration>,
+    pub events_max_pending: u32,
+    /// How long one event delivery attempt may take: 10 s (SPEC §14). Not a flag; tests
+    /// shorten it.
+    pub events_attempt_timeout: Duration,
+    pub state_dir: PathBuf,
+    /// Zero: off.
+    pub dedup_window: Duration,
+    /// Zero: off.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -378,6 +471,13 @@ pub enum SettingsError {
     TlsPair,
     #[error("invalid --public-url {0:?}: write scheme://host[:port] (http or https, no path)")]
     PublicUrl(String),
+    // The URL is not repeated: its query may hold a token.
+    #[error(
+        "invalid --events-url: write https://host[:port]/path (http:// only with --allow-insecure-gates)"
+    )]
+    EventsUrl,
+    #[error("--events-url needs --events-signing-secret (CALLGATE_EVENTS_SIGNING_SECRET)")]
+    EventsWithoutSecret,
 }
 
 impl Settings {
@@ -405,6 +505,11 @@ impl Settings {
             return Err(SettingsError::TlsPair);
         }
         let public_url = args.public_url.map(|u| check_public_url(&u)).transpose()?;
+        let events_url =
+            args.events_url.map(|u| check_events_url(&u, args.allow_insecure_gates)).transpose()?;
+        if events_url.is_some() && args.events_signing_secret.is_none() {
+            return Err(SettingsError::EventsWithoutSecret);
+        }
         Ok(Settings {
             listen: args.listen,
             admin_listen: args.admin_listen,
@@ -435,6 +540,15 @@ impl Settings {
             tls_key: args.tls_key,
             twilio_deadline: args.twilio_deadline,
             decision_log_size: args.decision_log_size as usize,
+            events_url,
+            events_signing_secret: args.events_signing_secret,
+            events_retry_schedule: args.events_retry_schedule,
+            events_max_pending: args.events_max_pending,
+            events_attempt_timeout: Duration::from_secs(10),
+            state_dir: args.state_dir,
+            dedup_window: args.dedup_window,
+            breaker_failures: args.breaker_failures,
+            breaker_cooldown: args.breaker_cooldown,
         })
     }
 
@@ -454,6 +568,8 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             signed_paths: Vec::new(),
+            events_url: None,
+            events_signing_secret: None,
             ..args
         })?;
         s.listen = ([127, 0, 0, 1], 0).into();
@@ -473,6 +589,34 @@ fn check_public_url(s: &str) -> Result<String, SettingsError> {
         return Err(bad());
     }
     Ok(s.trim_end_matches('/').to_owned())
+}
+
+/// The events receiver's URL; `Debug` shows scheme, host and path only (a query may hold a token).
+#[derive(Clone)]
+pub struct EventsUrl(pub http::Uri);
+
+impl std::fmt::Debug for EventsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let u = &self.0;
+        // User info is refused at start-up, so the authority is host and port.
+        let authority = u.authority().map_or("", |a| a.as_str());
+        write!(f, "{}://{}{}", u.scheme_str().unwrap_or(""), authority, u.path())
+    }
+}
+
+/// An events receiver: `https://` (or `http://` when insecure URLs are allowed) with a host.
+fn check_events_url(s: &str, allow_insecure: bool) -> Result<EventsUrl, SettingsError> {
+    let uri: http::Uri = s.parse().map_err(|_| SettingsError::EventsUrl)?;
+    let scheme_ok = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => allow_insecure,
+        _ => false,
+    };
+    let host_ok = uri.authority().is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
+    if !scheme_ok || !host_ok {
+        return Err(SettingsError::EventsUrl);
+    }
+    Ok(EventsUrl(uri))
 }
 
 impl ServeArgs {

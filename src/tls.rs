@@ -40,18 +40,23 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Client configuration for gates: the bundled Mozilla roots (a distroless image has no system
 /// store), plus every certificate in `ca_file` (private CAs).
 pub fn gate_client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(gate_roots(ca_file)?)
+        .with_no_client_auth())
+}
+
+/// The roots a gate's certificate is verified against: the bundled Mozilla roots plus every
+/// certificate in `ca_file`.
+pub fn gate_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let certs = read_certs(path)?;
-        for cert in certs {
+        for cert in read_certs(path)? {
             roots.add(cert)?;
         }
     }
-    Ok(rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(roots)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -160,12 +160,12 @@ fn start_up_refuses_bad_flags_with_one_line_and_status_2() {
     }
 }
 
-/// One curl line of the demo, as a request: URL and form pairs.
 /// Issue 18 item 10: clap's own message quotes a bad value, and the value of a secret flag is
 /// the secret (or a mistyped one, which is nearly the secret). Nothing of it reaches stderr.
 #[test]
 fn a_bad_secret_value_is_refused_without_being_echoed() {
-    let cases: [(&[&str], Option<(&str, &str)>); 7] = [
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+    let cases: [Case; 7] = [
         (&["--api-key", "S3CRETX"], None),
         (&["--twilio-shared-key", "S3CRETX"], None),
         (&["--twilio-shared-key=S3CRETX"], None),
@@ -197,6 +197,7 @@ fn a_bad_secret_value_is_refused_without_being_echoed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("'soon'"));
 }
 
+/// One curl line of the demo, as a request: URL and form pairs.
 fn parse_curl(line: &str) -> (String, String) {
     let mut words = line.split_whitespace().skip(1);
     let mut url = String::new();
@@ -274,7 +275,22 @@ async fn the_demo_answers_every_line_it_prints() {
             decided.push(expected);
         }
     }
-    assert_eq!(decided, ["accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    assert_eq!(decided, ["accept", "accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    let enriched = lines.iter().position(|l| l.contains("To=+15005550006")).expect("the enriched call");
+    let (url, form) = parse_curl(&lines[enriched]);
+    let answer = post_form(&url, &form).await.text();
+    assert!(answer.contains("Agent: agent_vip.") && answer.contains("customer_name"), "{answer}");
+    // The admin lines carry the demo's key and answer.
+    let record = lines.iter().find(|l| l.contains("/v1/calls/")).expect("a decision record line");
+    let record_url = record.split_whitespace().find(|w| w.starts_with("http")).unwrap();
+    let auth = callgate::demo::DEMO_KEY;
+    let request = http::Request::get(record_url)
+        .header("authorization", format!("Bearer {auth}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let answer = send(request).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("\"override_agent_id\":\"agent_vip\""), "{}", answer.text());
 
     let metrics_line = lines.iter().find(|l| l.contains("/metrics")).unwrap();
     let metrics_url = metrics_line.split_whitespace().find(|w| w.starts_with("http")).unwrap();
@@ -282,4 +298,24 @@ async fn the_demo_answers_every_line_it_prints() {
     assert!(metrics.contains("callgate_inbound_calls_total{decision=\"fail_open\"} 2"), "{metrics}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn help_never_shows_a_secret_taken_from_the_environment() {
+    for args in [&["--help"][..], &["probe", "--help"]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("CALLGATE_GATE_SIGNING_SECRET", "s1cret")
+            .env("CALLGATE_TWILIO_AUTH_TOKENS", "t0ken")
+            .env("CALLGATE_TWILIO_SHARED_KEYS", "KS1=sh4red")
+            .env("CALLGATE_API_KEYS", "kid:apis3cret")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("CALLGATE_GATE_SIGNING_SECRET"), "{help}");
+        for secret in ["s1cret", "t0ken", "sh4red", "apis3cret"] {
+            assert!(!help.contains(secret), "{args:?} shows {secret}: {help}");
+        }
+    }
 }

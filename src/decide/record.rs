@@ -57,7 +57,7 @@ impl Record {
             gate_ms: verdict.gate_ms(),
             checks: None,
             context: None,
-            dedup: None,
+            dedup: verdict.dedup.map(|d| d.as_str()),
             at: humantime::format_rfc3339_millis(at).to_string(),
         }
     }

@@ -114,6 +114,26 @@ impl GateResult {
     }
 }
 
+/// How a duplicate CallSid got its decision (`callgate_dedup_total`, SPEC §13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupResult {
+    /// Decided within the window: the first decision again.
+    Replayed,
+    /// Arrived while the first was with the gate, and waited for its decision.
+    Joined,
+}
+
+impl DedupResult {
+    pub const ALL: [DedupResult; 2] = [DedupResult::Replayed, DedupResult::Joined];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DedupResult::Replayed => "replayed",
+            DedupResult::Joined => "joined",
+        }
+    }
+}
+
 /// Why a piece of enrichment was left out (`callgate_enrichment_dropped_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dropped {
@@ -227,6 +247,11 @@ pub struct Verdict {
     pub context_too_large: bool,
     /// Whether the enrichment is forwarded (not for a shadow gate).
     pub forward_enrichment: bool,
+    /// Set when this is a duplicate CallSid's copy of the first decision: it is not counted or
+    /// recorded as a decision of its own.
+    pub dedup: Option<DedupResult>,
+    /// The gate was in shadow mode: its decision was observed, not enforced.
+    pub shadow: bool,
 }
 
 impl Verdict {
@@ -244,6 +269,8 @@ impl Verdict {
             context_header: None,
             context_too_large: false,
             forward_enrichment: true,
+            dedup: None,
+            shadow: false,
         }
     }
 

@@ -14,7 +14,7 @@ pub use check::timeout_warnings;
 
 pub use file::GateSpec;
 use gate::{check_timeout, check_url};
-pub use gate::{Gate, GateError, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
+pub use gate::{Gate, GateError, Mode, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
 
 use std::fmt;
 use std::sync::Arc;

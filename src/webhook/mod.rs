@@ -16,9 +16,10 @@ use hyper::body::Incoming;
 use crate::app::Served;
 use crate::body;
 use crate::decide::record::Record;
-use crate::decide::{decide, Call, Deadline, Verdict};
+use crate::decide::{decide, Call, Deadline, Decision, Verdict};
 use crate::engine::{Peer, Stamp};
 use crate::error::RequestError;
+use crate::events::DecisionEvent;
 use crate::settings::SignatureMode;
 use crate::wire::{ResBody, X_TWILIO_SIGNATURE, X_TWILIO_SIGNATURE_SETTINGS};
 use crate::App;
@@ -88,9 +89,13 @@ pub async fn handle(
 }
 
 /// Everything a decided call leaves behind, from its verdict, in one place: the metrics, the
-/// decision line (SPEC §9) and the decision record (SPEC §10).
+/// decision line (SPEC §9) and the decision record (SPEC §10). A duplicate CallSid's copy of
+/// the first decision counts only as a dedup and keeps the first record.
 fn record(app: &App, call: &Call, verdict: &Verdict) {
-    app.metrics.record_verdict(verdict);
+    match verdict.dedup {
+        Some(how) => app.metrics.record_dedup(how),
+        None => app.metrics.record_verdict(verdict),
+    }
     tracing::info!(
         target: "callgate::call",
         call_id = call.call_id,
@@ -103,8 +108,13 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         gate_ms = verdict.gate_ms().unwrap_or(0.0),
         override_agent_id = verdict.override_agent_id().unwrap_or(""),
         gate = verdict.gate_display.as_deref().unwrap_or(""),
+        dedup = verdict.dedup.map_or("", |d| d.as_str()),
+        shadow = verdict.shadow,
         "call decided"
     );
+    if verdict.dedup.is_some() {
+        return;
+    }
     if verdict.enrichment.dropped_invalid > 0 || verdict.context_too_large {
         // Names the problem, never the values (data about people).
         tracing::warn!(
@@ -115,6 +125,28 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         );
     }
     app.decisions.keep(Record::new(call, verdict, SystemTime::now()));
+    emit_event(app, call, verdict);
+}
+
+/// Hands a reject, fail_closed or fail_open to the decision events (SPEC §14); never waits.
+fn emit_event(app: &App, call: &Call, verdict: &Verdict) {
+    let Some(events) = &app.events else { return };
+    match verdict.decision {
+        Decision::Reject | Decision::FailClosed | Decision::FailOpen => {}
+        Decision::Accept | Decision::NoGate | Decision::ShadowReject => return,
+    }
+    events.emit(DecisionEvent {
+        call_id: call.call_id.clone(),
+        agent_id: verdict.agent_id().map(str::to_owned),
+        from_number: (!call.from.is_empty()).then(|| call.from.clone()),
+        to_number: call.to.clone(),
+        decision: verdict.decision.as_str(),
+        cause: verdict.cause.map(|c| c.as_str()),
+        reason: verdict.reason.clone(),
+        gate_ms: verdict.gate_ms(),
+        checks: serde_json::Value::Null,
+        occurred_at: SystemTime::now(),
+    });
 }
 
 /// Where a webhook's parameters came from, which decides what its signature covers.

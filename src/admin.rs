@@ -43,6 +43,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/numbers/{phone_number}"),
     ("GET", "/v1/routes"),
     ("GET", "/v1/calls/{call_sid}"),
+    ("POST", "/v1/test-call"),
+    ("POST", "/v1/events/test"),
 ];
 
 /// The OpenAPI document of the admin API, served at `GET /v1/openapi.json` (no auth). Generated

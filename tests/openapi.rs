@@ -25,8 +25,6 @@ const NOT_YET_ROUTED: &[(&str, &str)] = &[
     ("GET", "/v1/agents/{agent_id}"),
     ("POST", "/v1/context"),
     ("POST", "/v1/precheck"),
-    ("POST", "/v1/test-call"),
-    ("POST", "/v1/events/test"),
 ];
 
 const METHODS: &[&str] = &["GET", "PUT", "POST", "DELETE", "PATCH"];

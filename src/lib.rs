@@ -19,8 +19,9 @@
 //! - [`decide`]: **where a call's decision is made**: the call, its deadline, the typed
 //!   [`decide::Verdict`], and the one function that runs the stages in order;
 //!   [`decide::answer`] reads a gate's answer and its enrichment, [`decide::record`] keeps the
-//!   recent decision records, [`decide::breaker`] keeps a circuit per gate origin and
-//!   [`decide::dedup`] the CallSids decided within the dedup window.
+//!   recent decision records, [`decide::breaker`] keeps a circuit per gate origin,
+//!   [`decide::dedup`] the CallSids decided within the dedup window and [`decide::context`]
+//!   caller context pushed ahead of the call.
 //! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing.
 //! - [`engine`]: forwarding to the voice engine with callgate's typed stamp, header hygiene,
 //!   WebSocket relays.
@@ -38,6 +39,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod conn;
+pub mod credentials;
 pub mod decide;
 pub mod demo;
 pub mod engine;
@@ -76,6 +78,8 @@ pub enum StartError {
     Routes(#[from] routes::writer::LoadError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("invalid credentials file {path}: {reason}")]
+    Credentials { path: String, reason: String },
 }
 
 /// Aborts a background task when dropped.
@@ -117,7 +121,25 @@ pub async fn run(
         signer,
         settings.workers,
     );
-    let app = Arc::new(App::new(settings, routes, writer.clone(), gate, events, metrics));
+    let mut credentials = Arc::new(credentials::Credentials::default());
+    if let Some(path) = &settings.credentials {
+        match std::fs::read(path) {
+            Ok(bytes) => match credentials::parse(&bytes) {
+                Ok(map) => credentials = Arc::new(credentials::Credentials::new(map)),
+                Err(reason) => {
+                    return Err(StartError::Credentials { path: path.display().to_string(), reason })
+                }
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e.kind(), "credentials file not readable; starting with none")
+            }
+        }
+    }
+    let mut app = App::new(settings, routes, writer.clone(), gate, events, metrics);
+    app.credentials = Arc::clone(&credentials);
+    let app = Arc::new(app);
+    let _credentials_watch =
+        app.settings.credentials.clone().map(|path| credentials::watch(path, credentials, metrics));
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {

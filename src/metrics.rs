@@ -9,7 +9,10 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::decide::breaker::CircuitState;
+use crate::decide::chain::{CheckResult, CheckStatus};
+use crate::decide::context::ContextResult;
 use crate::decide::{Cause, Decision, DedupResult, Dropped, GateResult, Verdict};
+use crate::routes::checks::CheckType;
 
 /// Why the engine could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +112,8 @@ pub struct Metrics {
     circuit_transitions: [Counter; CircuitState::ALL.len()],
     circuits_open: Gauge,
     shadow_calls: Counter,
+    context: [Counter; ContextResult::ALL.len()],
+    context_entries: Gauge,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -123,11 +128,15 @@ pub struct Metrics {
     admin_writes_error: Counter,
     tls_reloads_ok: Counter,
     tls_reloads_error: Counter,
+    /// `callgate_checks_total`, by check type then result (proceed, skip, failure).
+    checks: [[Counter; 3]; CheckType::ALL.len()],
+    credentials_reloads: [Counter; 2],
     events: [Counter; 3],
     events_dropped: [Counter; 2],
     events_pending: Gauge,
     events_outbox_ok: Gauge,
     events_outbox_errors: Counter,
+    open_connections: Gauge,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -164,6 +173,9 @@ impl Metrics {
                 .map(|to| metrics::counter!("callgate_circuit_transitions_total", "to" => to.as_str())),
             circuits_open: metrics::gauge!("callgate_circuits_open"),
             shadow_calls: metrics::counter!("callgate_shadow_calls_total"),
+            context: ContextResult::ALL
+                .map(|r| metrics::counter!("callgate_context_total", "result" => r.as_str())),
+            context_entries: metrics::gauge!("callgate_context_entries"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -181,6 +193,12 @@ impl Metrics {
             admin_writes_error: metrics::counter!("callgate_admin_writes_total", "result" => "error"),
             tls_reloads_ok: metrics::counter!("callgate_tls_reloads_total", "result" => "ok"),
             tls_reloads_error: metrics::counter!("callgate_tls_reloads_total", "result" => "error"),
+            checks: CheckType::ALL.map(|t| {
+                ["proceed", "skip", "failure"]
+                    .map(|r| metrics::counter!("callgate_checks_total", "type" => t.as_str(), "result" => r))
+            }),
+            credentials_reloads: ["ok", "error"]
+                .map(|r| metrics::counter!("callgate_credentials_reloads_total", "result" => r)),
             events: EventResult::ALL
                 .map(|r| metrics::counter!("callgate_events_total", "result" => r.as_str())),
             events_dropped: EventDrop::ALL
@@ -188,9 +206,11 @@ impl Metrics {
             events_pending: metrics::gauge!("callgate_events_pending"),
             events_outbox_ok: metrics::gauge!("callgate_events_outbox_ok"),
             events_outbox_errors: metrics::counter!("callgate_events_outbox_errors_total"),
+            open_connections: metrics::gauge!("callgate_open_connections"),
         };
         m.events_pending.set(0.0);
         m.events_outbox_ok.set(1.0);
+        m.open_connections.increment(0.0);
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
         for c in m
@@ -203,6 +223,7 @@ impl Metrics {
             .chain(&m.events_dropped)
             .chain(&m.dedup)
             .chain(&m.circuit_transitions)
+            .chain(&m.context)
         {
             c.increment(0);
         }
@@ -218,7 +239,11 @@ impl Metrics {
         ] {
             c.increment(0);
         }
+        for c in m.checks.iter().flatten().chain(&m.credentials_reloads) {
+            c.increment(0);
+        }
         m.circuits_open.set(0.0);
+        m.context_entries.set(0.0);
         m
     }
 
@@ -249,6 +274,27 @@ impl Metrics {
         if verdict.shadow {
             self.shadow_calls.increment(1);
         }
+        if let Some(used) = verdict.context {
+            self.record_context(used.result());
+        }
+        self.record_checks(&verdict.checks);
+    }
+
+    /// Each run check's result (a disabled check is not counted).
+    pub fn record_checks(&self, results: &[CheckResult]) {
+        for r in results {
+            let result = match r.status {
+                CheckStatus::Proceed => 0,
+                CheckStatus::Skip => 1,
+                CheckStatus::Failed => 2,
+                CheckStatus::Disabled => continue,
+            };
+            self.checks[r.check_type as usize][result].increment(1);
+        }
+    }
+
+    pub fn record_credentials_reload(&self, ok: bool) {
+        self.credentials_reloads[usize::from(!ok)].increment(1);
     }
 
     /// A duplicate CallSid given the first decision (not counted as a decision of its own).
@@ -261,6 +307,16 @@ impl Metrics {
         let i = CircuitState::ALL.iter().position(|s| *s == to).expect("every state is listed");
         self.circuit_transitions[i].increment(1);
         self.circuits_open.set(open as f64);
+    }
+
+    /// Pushed caller context stored, taken, waited for, missed, expired, evicted or refused.
+    pub fn record_context(&self, result: ContextResult) {
+        self.context[result as usize].increment(1);
+    }
+
+    /// Pushed contexts held now.
+    pub fn set_context_entries(&self, n: usize) {
+        self.context_entries.set(n as f64);
     }
 
     /// The engine's timeout was cut to fit `--twilio-deadline`.
@@ -278,6 +334,12 @@ impl Metrics {
 
     pub fn record_upstream_error(&self, cause: UpstreamCause) {
         self.upstream_errors[cause as usize].increment(1);
+    }
+
+    /// A client connection on the public listener opened (`+1`) or closed (`-1`); upgraded
+    /// connections count until their relay ends.
+    pub fn record_open_connections(&self, delta: f64) {
+        self.open_connections.increment(delta);
     }
 
     pub fn record_signature_failure(&self) {
@@ -350,6 +412,11 @@ fn describe() {
         "Calls whose engine timeout was cut to fit --twilio-deadline."
     );
     describe_counter!(
+        "callgate_context_total",
+        "Pushed caller context, by result: stored, hit (there at ring time), waited (arrived during the wait), miss (a wait that ended empty), expired, evicted (over --context-max-entries), refused (a bad push)."
+    );
+    describe_gauge!("callgate_context_entries", "Pushed caller contexts held now.");
+    describe_counter!(
         "callgate_gate_failures_total",
         "Gate exchanges that failed, by cause; each became a fail_open or fail_closed."
     );
@@ -393,6 +460,11 @@ fn describe() {
         "Inbound calls decided by a gate in shadow mode (the denominator for shadow_reject)."
     );
     describe_counter!("callgate_routes_reloads_total", "Routes file reloads, by result.");
+    describe_counter!(
+        "callgate_checks_total",
+        "Checks of chain gates and prechecks run, by type and result."
+    );
+    describe_counter!("callgate_credentials_reloads_total", "Credentials file reloads, by result.");
     describe_gauge!("callgate_routes_entries", "Entries in the routing table in force, by kind.");
     describe_gauge!("callgate_routes_last_reload_success", "1 if the last routes reload succeeded, else 0.");
     describe_counter!("callgate_admin_writes_total", "Admin API writes, by result.");
@@ -413,6 +485,10 @@ fn describe() {
     describe_counter!(
         "callgate_events_outbox_errors_total",
         "Writes to the events outbox on disk that failed."
+    );
+    describe_gauge!(
+        "callgate_open_connections",
+        "Client connections open on the public listener, upgraded (WebSocket) ones included."
     );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

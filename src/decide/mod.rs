@@ -3,15 +3,18 @@
 //! order and returns the verdict:
 //!
 //! resolve the gate (one routes snapshot) → dedup (a CallSid already decided, or being decided,
-//! gets that decision) → the breaker (an open circuit decides at once) → ask the gate within
-//! what the deadline leaves → settle the answer by the gate's `on_failure` → the gate's `mode`
-//! (shadow never blocks) → seal what the engine is handed (`X-Callgate-Context`).
+//! gets that decision) → take pushed caller context, waiting for it up to the agent's
+//! `context_wait_ms` → the breaker (an open circuit decides at once) → ask the gate within what
+//! the deadline leaves, or for a chain gate run its checks ([`chain`]) → settle the answer by the
+//! gate's `on_failure` → the gate's `mode` (shadow never blocks) → seal what the engine is handed (`X-Callgate-Context`).
 //!
 //! Nothing here speaks HTTP to Twilio or the engine, records metrics or logs: the webhook does
 //! that, from the verdict, in one place.
 
 pub mod answer;
 pub mod breaker;
+pub mod chain;
+pub mod context;
 pub mod dedup;
 pub mod record;
 pub mod verdict;
@@ -28,6 +31,7 @@ use dedup::{Claim, Dedup};
 use crate::gate::{GateClient, GateRequest};
 use crate::routes::store::RouteStore;
 use crate::routes::{Gate, Mode, OnFailure, Source};
+use context::{ContextStore, ContextUse, Fields, Lookup};
 
 /// An inbound ringing call, as the webhook parsed it. Missing `From` and `CallSid` are `""`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,20 +71,28 @@ impl Deadline {
     }
 }
 
-/// What the stages need: the table and the gate client (and, as they come, the breaker, the
-/// dedup cache and pushed context).
+/// What the stages need: the table, the gate client, the breaker, the dedup cache and pushed
+/// caller context.
 pub struct Stages<'a> {
     pub routes: &'a RouteStore,
     pub gate: &'a GateClient,
     pub breaker: &'a Breaker,
     pub dedup: &'a Dedup,
+    pub contexts: &'a dyn ContextStore,
+    /// Secrets for check placeholders.
+    pub credentials: &'a crate::credentials::Credentials,
+    /// The time schedules are read at (injected in tests).
+    pub clock: fn() -> jiff::Timestamp,
 }
 
 /// Decides `call`: every stage in order, each able to end the call's decision early.
 pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
-    let (gate, source, number_agent_id) = resolve(stages.routes, &call.to);
+    let (gate, chain, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
     let Some(gate) = gate else {
+        // No gate to ask, but pushed context still reaches the engine.
+        let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
         let mut verdict = Verdict::without_gate(source, number_agent_id);
+        taken.apply(&mut verdict);
         verdict.seal();
         return verdict;
     };
@@ -97,7 +109,13 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
             }
         }
     };
-    let verdict = ask(stages, call, deadline, &gate, source, number_agent_id).await;
+    // After dedup, so that a duplicate never takes a second context.
+    let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
+    let verdict = if gate.chain().is_some() {
+        run_chain(stages, call, deadline, &gate, chain, source, number_agent_id, taken).await
+    } else {
+        ask(stages, call, deadline, &gate, source, number_agent_id, taken).await
+    };
     if let Some(lead) = lead {
         lead.settle(&verdict);
     }
@@ -121,14 +139,17 @@ async fn ask(
     gate: &Gate,
     source: Source,
     number_agent_id: Option<Arc<str>>,
+    taken: Taken,
 ) -> Verdict {
     let Ok(ticket) = stages.breaker.admit(gate.origin()) else {
         // Not asked: decided at once, with no gate time to count.
         let mut verdict =
             settle(GateDecision::Failure(Cause::CircuitOpen), gate.on_failure(), source, number_agent_id);
         verdict.gate = None;
+        taken.apply(&mut verdict);
         return finish(verdict, gate);
     };
+    // After the context wait: the gate gets what the deadline has left.
     let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
     let request = GateRequest {
         event: "call.inbound",
@@ -137,6 +158,7 @@ async fn ask(
         call_id: &call.call_id,
         agent_id: number_agent_id.as_deref(),
         test: call.test,
+        context: taken.fields.as_deref(),
     };
     let started = Instant::now();
     let asked = stages.gate.ask(gate, &request, limit).await;
@@ -146,6 +168,7 @@ async fn ask(
     if let Some(run) = &mut verdict.gate {
         run.elapsed = elapsed;
     }
+    taken.apply(&mut verdict);
     finish(verdict, gate)
 }
 
@@ -159,6 +182,49 @@ fn finish(mut verdict: Verdict, gate: &Gate) -> Verdict {
     verdict
 }
 
+/// A chain gate (`checks` or `check_set`): its checks in order within what the deadline leaves,
+/// settled by the gate's `on_failure`. The checks' own HTTP attempts are not the breaker's: a
+/// chain has no single origin to trip.
+#[allow(clippy::too_many_arguments)]
+async fn run_chain(
+    stages: &Stages<'_>,
+    call: &Call,
+    deadline: Deadline,
+    gate: &Gate,
+    chain: Option<Arc<[crate::routes::Check]>>,
+    source: Source,
+    number_agent_id: Option<Arc<str>>,
+    taken: Taken,
+) -> Verdict {
+    let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
+    let started = Instant::now();
+    let facts = chain::Facts::Call {
+        from: &call.from,
+        to: &call.to,
+        call_id: &call.call_id,
+        agent_id: number_agent_id.as_deref(),
+    };
+    // A check set removed since the gate was read leaves no checks: the gate's own failure
+    // policy decides, with cause `config`.
+    let outcome = match &chain {
+        Some(checks) => {
+            let context = taken.fields.as_deref();
+            chain::run(stages, checks, &facts, context, gate.on_failure(), started + limit, (stages.clock)())
+                .await
+        }
+        None => chain::Outcome { end: chain::End::Timeout(None), results: Vec::new() },
+    };
+    let mut verdict = chain::settle_chain(outcome, gate.on_failure(), source, number_agent_id);
+    if chain.is_none() {
+        verdict.cause = Some(Cause::Config);
+    }
+    if let Some(run) = &mut verdict.gate {
+        run.elapsed = started.elapsed();
+    }
+    taken.apply(&mut verdict);
+    finish(verdict, gate)
+}
+
 /// A shadow gate's verdict: never blocks (`shadow_reject` where it would have), and its
 /// enrichment is recorded but not forwarded.
 pub fn shadow(verdict: &mut Verdict) {
@@ -169,12 +235,56 @@ pub fn shadow(verdict: &mut Verdict) {
     }
 }
 
+/// Pushed caller context as the call came by it.
+struct Taken {
+    context: Option<ContextUse>,
+    fields: Option<Arc<Fields>>,
+    waited: Duration,
+}
+
+impl Taken {
+    fn apply(self, verdict: &mut Verdict) {
+        verdict.context = self.context;
+        verdict.pushed_context = self.fields;
+        verdict.context_waited = self.waited;
+    }
+}
+
+/// The context stage (SPEC §12): the context pushed for this caller and the number's agent,
+/// taken at once or waited for up to the agent's `context_wait_ms`, cut to the deadline. A test
+/// call leaves pushed context alone; a caller that is not an E.164 number (anonymous, `sip:`)
+/// can have none pushed, so it never waits.
+async fn take_context(
+    stages: &Stages<'_>,
+    call: &Call,
+    agent_id: Option<&str>,
+    wait_ms: u32,
+    deadline: Deadline,
+) -> Taken {
+    let started = Instant::now();
+    let lookup = match agent_id {
+        Some(agent_id) if !call.test && crate::routes::is_e164(&call.from) => {
+            let (wait, _) = deadline.cap(Duration::from_millis(u64::from(wait_ms)));
+            stages.contexts.take(agent_id, &call.from, wait).await
+        }
+        _ => Lookup::Absent,
+    };
+    let context = lookup.context_use();
+    Taken { context, fields: lookup.into_fields().map(Arc::new), waited: started.elapsed() }
+}
+
+/// What a call takes out of one snapshot of the table: its gate, a chain gate's checks, where the
+/// gate came from, the number's agent and that agent's `context_wait_ms`.
+type Resolved = (Option<Arc<Gate>>, Option<Arc<[crate::routes::Check]>>, Source, Option<Arc<str>>, u32);
+
 /// Resolves `to` in one snapshot of the table, taking out only what the call needs, so that no
-/// snapshot is held across the gate's wait.
-fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>) {
+/// snapshot is held across a wait.
+fn resolve(routes: &RouteStore, to: &str) -> Resolved {
     let table = routes.load();
     let resolution = table.resolve(to);
-    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned())
+    let chain = resolution.gate.and_then(|g| table.chain_of(g)).cloned();
+    let wait = resolution.agent_id.map_or(0, |id| table.agent_context_wait_ms(id));
+    (resolution.gate.cloned(), chain, resolution.source, resolution.agent_id.cloned(), wait)
 }
 
 /// The decision table: what a gate's answer comes to under its `on_failure`. Pure; the gate's

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use serde_json::{Map, Value};
 
+use super::context::{ContextUse, Fields};
 use crate::routes::Source;
 
 /// What became of an inbound ringing call: the `decision` label, the log line, the record.
@@ -247,11 +248,20 @@ pub struct Verdict {
     pub context_too_large: bool,
     /// Whether the enrichment is forwarded (not for a shadow gate).
     pub forward_enrichment: bool,
+    /// Each check's result, for a chain gate.
+    pub checks: Vec<super::chain::CheckResult>,
     /// Set when this is a duplicate CallSid's copy of the first decision: it is not counted or
     /// recorded as a decision of its own.
     pub dedup: Option<DedupResult>,
     /// The gate was in shadow mode: its decision was observed, not enforced.
     pub shadow: bool,
+    /// How the call came by pushed caller context (SPEC §12): hit, waited or miss.
+    pub context: Option<ContextUse>,
+    /// The pushed context the call took: for the gate request, check placeholders and the
+    /// engine. Never logged or recorded.
+    pub pushed_context: Option<Arc<Fields>>,
+    /// How long the call waited for pushed context (a wait on others, not callgate's overhead).
+    pub context_waited: Duration,
 }
 
 impl Verdict {
@@ -269,8 +279,12 @@ impl Verdict {
             context_header: None,
             context_too_large: false,
             forward_enrichment: true,
+            checks: Vec::new(),
             dedup: None,
             shadow: false,
+            context: None,
+            pushed_context: None,
+            context_waited: Duration::ZERO,
         }
     }
 
@@ -291,21 +305,26 @@ impl Verdict {
     }
 
     /// Builds `X-Callgate-Context` (SPEC §10): unpadded base64url of a compact JSON object with
-    /// the call's `dynamic_variables`, `metadata` (and, as they come, `context` and `checks`),
-    /// plus `agent_id` when known; only when there is one of those to carry, and at most
-    /// [`MAX_CONTEXT_HEADER`] long.
+    /// the call's `dynamic_variables`, `metadata` (a shadow gate's are not forwarded), pushed
+    /// `context` (and, as they come, `checks`), plus `agent_id` when known; only when there is
+    /// one of those to carry, and at most [`MAX_CONTEXT_HEADER`] long.
     pub fn seal(&mut self) {
         self.context_header = None;
         self.context_too_large = false;
-        if !self.forward_enrichment {
-            return;
-        }
         let mut carried = Map::new();
-        if let Some(vars) = &self.enrichment.dynamic_variables {
-            carried.insert("dynamic_variables".into(), Value::Object(vars.clone()));
+        if self.forward_enrichment {
+            if let Some(vars) = &self.enrichment.dynamic_variables {
+                carried.insert("dynamic_variables".into(), Value::Object(vars.clone()));
+            }
+            if let Some(metadata) = &self.enrichment.metadata {
+                carried.insert("metadata".into(), Value::Object(metadata.clone()));
+            }
         }
-        if let Some(metadata) = &self.enrichment.metadata {
-            carried.insert("metadata".into(), Value::Object(metadata.clone()));
+        if let Some(context) = &self.pushed_context {
+            carried.insert("context".into(), Value::Object(Fields::clone(context)));
+        }
+        if !self.checks.is_empty() {
+            carried.insert("checks".into(), self.checks_json());
         }
         if carried.is_empty() {
             return;
@@ -327,6 +346,11 @@ impl Verdict {
         }
         self.context_header =
             Some(HeaderValue::try_from(encoded).expect("base64url is a valid header value"));
+    }
+
+    /// The chain's results as `[{"name", "status", "reason"?}]`.
+    pub fn checks_json(&self) -> Value {
+        Value::Array(self.checks.iter().map(super::chain::CheckResult::to_json).collect())
     }
 
     /// Each dropped piece of enrichment, by reason, for the metrics.
@@ -385,5 +409,13 @@ mod tests {
         v.seal();
         assert!(v.context_header.is_none() && !v.context_too_large);
         assert_eq!(v.agent_id(), Some("agent_a"), "a shadow gate's override is not used");
+
+        // Pushed context is the caller's, not the gate's: carried whatever the gate's mode.
+        v.pushed_context = Some(Arc::new(json!({"customer_name": "Jane"}).as_object().unwrap().clone()));
+        v.seal();
+        let header = v.context_header.as_ref().unwrap().to_str().unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+        let value: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value, json!({"agent_id": "agent_a", "context": {"customer_name": "Jane"}}));
     }
 }

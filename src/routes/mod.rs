@@ -3,6 +3,7 @@
 //! routes-file format.
 
 mod check;
+pub mod checks;
 mod file;
 mod gate;
 mod shape;
@@ -10,11 +11,12 @@ pub mod store;
 pub mod watch;
 pub mod writer;
 
-pub use check::timeout_warnings;
+pub use check::{context_wait_warnings, timeout_warnings};
 
+pub use checks::Check;
 pub use file::GateSpec;
 use gate::{check_timeout, check_url};
-pub use gate::{Gate, GateError, Mode, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
+pub use gate::{Chain, Gate, GateError, Mode, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
 
 use std::fmt;
 use std::sync::Arc;
@@ -122,6 +124,11 @@ impl NumberKey {
         Some(NumberKey(((digits.len() as u64) << VALUE_BITS) | value))
     }
 
+    /// A key of `digits` digits with `value` (for prefixes, 1 to 15 digits).
+    fn from_parts(digits: u32, value: u64) -> NumberKey {
+        NumberKey((u64::from(digits) << VALUE_BITS) | value)
+    }
+
     fn digits(self) -> usize {
         (self.0 >> VALUE_BITS) as usize
     }
@@ -157,7 +164,14 @@ impl fmt::Display for NumberKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Agent {
     gate: Option<Arc<Gate>>,
+    /// How long a call waits for pushed caller context (SPEC §12); 0 is no wait.
+    context_wait_ms: u32,
 }
+
+/// The longest `context_wait_ms` (SPEC §3).
+pub const MAX_CONTEXT_WAIT_MS: u32 = 5_000;
+
+const BAD_CONTEXT_WAIT: &str = "must be 0 to 5000";
 
 /// A number with neither an agent nor a gate is kept (it resolves to no gate).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -173,6 +187,8 @@ struct NumberEntry {
 pub struct RouteTable {
     agents: Arc<FxHashMap<Arc<str>, Agent>>,
     numbers: Arc<FxHashMap<NumberKey, NumberEntry>>,
+    /// Named check sets (SPEC §11), sorted by name.
+    check_sets: Arc<std::collections::BTreeMap<Arc<str>, Arc<[Check]>>>,
 }
 
 impl RouteTable {
@@ -203,6 +219,59 @@ impl RouteTable {
         }
     }
 
+    /// The named check set.
+    pub fn check_set(&self, name: &str) -> Option<&Arc<[Check]>> {
+        self.check_sets.get(name)
+    }
+
+    /// Whether any gate names the check set.
+    pub fn check_set_in_use(&self, name: &str) -> bool {
+        self.gates().any(|(_, g)| matches!(g.chain(), Some(Chain::Set(n)) if &**n == name))
+    }
+
+    /// Sets or removes a check set; returns whether it was set. The caller checks that a set
+    /// removed is not in use.
+    pub fn set_check_set(&mut self, name: &str, checks: Option<Arc<[Check]>>) -> bool {
+        let sets = Arc::make_mut(&mut self.check_sets);
+        match checks {
+            Some(checks) => sets.insert(name.into(), checks).is_some(),
+            None => sets.remove(name).is_some(),
+        }
+    }
+
+    /// The checks a gate runs: its own, or its set's (`None` for a webhook gate, or a set
+    /// that is not in this table).
+    pub fn chain_of<'t>(&'t self, gate: &'t Gate) -> Option<&'t Arc<[Check]>> {
+        match gate.chain()? {
+            Chain::Checks(checks) => Some(checks),
+            Chain::Set(name) => self.check_sets.get(&**name),
+        }
+    }
+
+    /// Every `credential_id` an `external_api` check names, with where (sorted, by place).
+    pub fn credential_ids(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        let mut scan = |place: String, checks: &[Check]| {
+            for (i, check) in checks.iter().enumerate() {
+                if let checks::CheckKind::ExternalApi(api) = &check.kind {
+                    if let Some(id) = &api.credential_id {
+                        found.push((format!("{place}[{i}]"), id.to_string()));
+                    }
+                }
+            }
+        };
+        for (name, checks) in self.check_sets.iter() {
+            scan(format!("check_sets.{}", file::PathKey(name)), checks);
+        }
+        for (place, gate) in self.gates() {
+            if let Some(Chain::Checks(checks)) = gate.chain() {
+                scan(format!("{place}.checks"), checks);
+            }
+        }
+        found.sort();
+        found
+    }
+
     /// Agents in the table, with or without a gate.
     pub fn agent_count(&self) -> usize {
         self.agents.len()
@@ -231,6 +300,12 @@ impl RouteTable {
             entry.gate.as_deref().map(|g| (format!("numbers.{}.gate", PathKey(&key.to_string())), g))
         });
         agents.chain(numbers)
+    }
+
+    /// How long a call for `agent_id` waits for pushed caller context; 0 for an agent not in
+    /// the table.
+    pub fn agent_context_wait_ms(&self, agent_id: &str) -> u32 {
+        self.agents.get(agent_id).map_or(0, |a| a.context_wait_ms)
     }
 
     pub fn agent_gate(&self, agent_id: &str) -> Option<&Arc<Gate>> {
@@ -278,9 +353,15 @@ impl RouteTable {
         debug_assert!(validate_agent_id(agent_id), "unchecked agent id");
         let had_gate = self.agent_gate(agent_id).is_some();
         match gate {
-            None if !self.agents.contains_key(agent_id) => {}
+            None if !had_gate => {}
             None => {
-                Arc::make_mut(&mut self.agents).remove(agent_id);
+                // The agent stays while it has other settings.
+                let agents = Arc::make_mut(&mut self.agents);
+                let agent = agents.get_mut(agent_id).expect("it has a gate");
+                agent.gate = None;
+                if *agent == Agent::default() {
+                    agents.remove(agent_id);
+                }
             }
             Some(gate) => {
                 let gate = Some(Arc::new(gate));
@@ -288,6 +369,23 @@ impl RouteTable {
             }
         }
         had_gate
+    }
+
+    /// Sets the agent's `context_wait_ms` (validated by the caller); returns whether it had a
+    /// wait. An agent left with no gate and no wait is removed, as a gate removal does.
+    pub fn set_agent_context_wait(&mut self, agent_id: &str, wait_ms: u32) -> bool {
+        debug_assert!(validate_agent_id(agent_id) && wait_ms <= MAX_CONTEXT_WAIT_MS);
+        let had = self.agent_context_wait_ms(agent_id) > 0;
+        if !had && wait_ms == 0 {
+            return false;
+        }
+        let agents = Arc::make_mut(&mut self.agents);
+        let agent = agents.entry(agent_id.into()).or_default();
+        agent.context_wait_ms = wait_ms;
+        if *agent == Agent::default() {
+            agents.remove(agent_id);
+        }
+        had
     }
 
     /// Sets or removes the number's own gate; returns whether it had one.
@@ -588,6 +686,20 @@ mod tests {
         assert!(t.with_number_agent("447700900123", Some("a1")).is_err());
         let err = t.with_number_agent("+447700900123", Some("a/b")).unwrap_err();
         assert_eq!(err.problems, [format!("numbers.\"+447700900123\".agent_id: {NOT_AGENT_ID}")]);
+    }
+
+    #[test]
+    fn an_agents_context_wait_outlives_its_gate_and_goes_with_the_last_setting() {
+        let mut t = table();
+        assert_eq!(t.agent_context_wait_ms("a1"), 0);
+        assert!(!t.set_agent_context_wait("a1", 1500));
+        assert_eq!(t.agent_context_wait_ms("a1"), 1500);
+        assert!(t.set_agent_gate("a1", None));
+        assert_eq!((t.agent_count(), t.agent_context_wait_ms("a1")), (1, 1500), "the wait stays");
+        assert!(t.set_agent_context_wait("a1", 0));
+        assert_eq!(t.agent_count(), 0, "nothing left: the agent goes");
+        assert!(!t.set_agent_context_wait("ghost", 0));
+        assert_eq!(t.agent_count(), 0);
     }
 
     #[test]

@@ -26,6 +26,57 @@ use crate::wire::ResBody;
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
 
+/// Every (method, path template) the admin listener routes: what `openapi/callgate-admin.yaml`
+/// describes. tests/openapi.rs proves the router, this list and the document agree; add a
+/// route here when you add it to [`api`]. A 405's `Allow` header is built from it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+    ("PUT", "/v1/integrations/precall/agent/{agent_id}"),
+    ("GET", "/v1/integrations/precall/agent/{agent_id}"),
+    ("DELETE", "/v1/integrations/precall/agent/{agent_id}"),
+    ("PUT", "/v1/integrations/precall/number/{phone_number}"),
+    ("GET", "/v1/integrations/precall/number/{phone_number}"),
+    ("DELETE", "/v1/integrations/precall/number/{phone_number}"),
+    ("PUT", "/v1/numbers/{phone_number}"),
+    ("GET", "/v1/numbers/{phone_number}"),
+    ("DELETE", "/v1/numbers/{phone_number}"),
+    ("GET", "/v1/routes"),
+    ("GET", "/v1/calls/{call_sid}"),
+    ("POST", "/v1/test-call"),
+    ("POST", "/v1/events/test"),
+    ("PUT", "/v1/check-sets/{name}"),
+    ("GET", "/v1/check-sets/{name}"),
+    ("DELETE", "/v1/check-sets/{name}"),
+    ("PUT", "/v1/agents/{agent_id}"),
+    ("GET", "/v1/agents/{agent_id}"),
+    ("POST", "/v1/context"),
+    ("POST", "/v1/precheck"),
+];
+
+/// The OpenAPI document of the admin API, served at `GET /v1/openapi.json` (no auth). Generated
+/// from `openapi/callgate-admin.yaml`; tests/openapi.rs proves the two are the same document.
+pub const OPENAPI_JSON: &str = include_str!("../openapi/callgate-admin.json");
+
+/// The methods [`ROUTES`] gives for the template that `path` matches, for a 405's `Allow`
+/// header (HEAD goes with GET, as hyper answers it).
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let matches = |template: &str| {
+        let parts: Vec<&str> = template.split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
+    };
+    let mut methods: Vec<&'static str> =
+        ROUTES.iter().filter(|(_, template)| matches(template)).map(|(method, _)| *method).collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods
+}
+
 /// A successful admin answer: a JSON value, or JSON already serialised; `Accepted` is a 202.
 enum Answer {
     Json(Value),
@@ -78,9 +129,12 @@ impl From<WriteError> for ApiError {
 pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<ResBody> {
     let path = request.uri().path();
     match path {
-        "/healthz" | "/readyz" | "/metrics" => return probe(&app, path, request.method()),
+        "/healthz" | "/readyz" | "/metrics" | "/v1/openapi.json" => {
+            return probe(&app, path, request.method())
+        }
         _ => {}
     }
+    let path = path.to_owned();
     let write = matches!(*request.method(), Method::PUT | Method::DELETE);
     let result = api(&app, request).await;
     // A write refused before it reached the writer is counted here (the writer counts its
@@ -94,16 +148,31 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<ResBo
         Ok(Answer::Json(body)) => json_response(StatusCode::OK, &body),
         Ok(Answer::Raw(body)) => text(StatusCode::OK, "application/json", body),
         Ok(Answer::Accepted(body)) => json_response(StatusCode::ACCEPTED, &body),
+        Err(e) if e.status == StatusCode::METHOD_NOT_ALLOWED => {
+            with_allow(error(e.status, e.code, &e.message), &path)
+        }
         Err(e) => error(e.status, e.code, &e.message),
     }
 }
 
+/// A 405 names the methods the endpoint takes (RFC 9110 §15.5.6).
+fn with_allow(mut response: Response<ResBody>, path: &str) -> Response<ResBody> {
+    let allow = allowed_methods(path).join(", ");
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(http::header::ALLOW, value);
+    }
+    response
+}
+
 fn probe(app: &App, path: &str, method: &Method) -> Response<ResBody> {
     if method != Method::GET && method != Method::HEAD {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET");
+        return with_allow(error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET"), path);
     }
     let plain = "text/plain; charset=utf-8";
     match path {
+        "/v1/openapi.json" => {
+            text(StatusCode::OK, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes()))
+        }
         "/healthz" => text(StatusCode::OK, plain, "ok\n".into()),
         "/readyz" if app.is_ready() => text(StatusCode::OK, plain, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, plain, "not ready\n".into()),

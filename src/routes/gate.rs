@@ -241,6 +241,10 @@ pub enum GateError {
     Scheme { allow_insecure: bool },
     #[error("url: has no host")]
     MissingHost,
+    #[error("url: the host is not a DNS name or an IP address")]
+    BadHost,
+    #[error("url: write it as scheme://host/path, with forward slashes")]
+    NotWrittenOut,
     #[error("url: user info (user:password@) is not sent to gates; put a token in the query instead")]
     UserInfo,
     #[error("url: not usable as a request URI ({0})")]
@@ -269,6 +273,8 @@ impl GateError {
             | GateError::UrlWhitespace
             | GateError::Scheme { .. }
             | GateError::MissingHost
+            | GateError::BadHost
+            | GateError::NotWrittenOut
             | GateError::InvalidUri(_) => "url",
             GateError::InvalidTimeout(_) => "timeout_ms",
             GateError::InvalidOnFailure => "on_failure",
@@ -295,7 +301,24 @@ pub(super) fn check_url(
         "http" if opts.allow_insecure_gates => {}
         _ => return Err(GateError::Scheme { allow_insecure: opts.allow_insecure_gates }),
     }
+    // The URL parser forgives `https:host`, `https:/host` and backslashes for slashes, as
+    // browsers do; in a config file each is a typo, and what is stored is the text as written.
+    let written_out =
+        raw.split_once("://").is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case(url.scheme()));
+    if !written_out || raw.contains('\\') {
+        return Err(GateError::NotWrittenOut);
+    }
     let host = url.host_str().filter(|h| !h.is_empty()).ok_or(GateError::MissingHost)?;
+    // The parser takes any host without a forbidden character (`api.example.com*`, `a!b`): one
+    // that no resolver can find would fail every call open, so only DNS names (letters,
+    // digits, `-`, `_`, after IDNA) and IP addresses are gates.
+    if let Some(url::Host::Domain(name)) = url.host() {
+        let label_ok =
+            |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name.strip_suffix('.').unwrap_or(name).split('.').all(label_ok) {
+            return Err(GateError::BadHost);
+        }
+    }
     // The HTTP client would drop credentials in the authority without a word, and the gate would
     // answer 401 to every call: refuse them here instead.
     if !url.username().is_empty() || url.password().is_some() {
@@ -314,4 +337,61 @@ pub(super) fn check_url(
 
 pub(super) fn check_timeout(ms: u64) -> Result<u32, GateError> {
     u32::try_from(ms).ok().filter(|ms| GATE_TIMEOUT_MS.contains(ms)).ok_or(GateError::InvalidTimeout(ms))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    const INSECURE: ValidateOptions = ValidateOptions { allow_insecure_gates: true };
+
+    fn check(raw: &str) -> Result<(), String> {
+        check_url(raw, &INSECURE).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Found by schemathesis: `http://0*` was taken as a gate, and GET /v1/routes then answered
+    /// a URL no resolver can find (every call to it would fail open).
+    #[test]
+    fn a_host_that_is_no_dns_name_or_ip_is_refused() {
+        for raw in [
+            "http://0*",
+            "https://api.example.com*/precall",
+            "https://a!b/",
+            "https://a..b/",
+            "https://x%2A/",
+        ] {
+            assert_eq!(check(raw), Err("url: the host is not a DNS name or an IP address".into()), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_url_not_written_out_with_slashes_is_refused() {
+        for raw in [
+            "https:api.example.com/precall",
+            "https:/api.example.com/",
+            "https:\\\\api.example.com\\p",
+            "https://api.example.com\\p",
+        ] {
+            assert_eq!(
+                check(raw),
+                Err("url: write it as scheme://host/path, with forward slashes".into()),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_addresses_and_idn_hosts_are_gates() {
+        for raw in [
+            "https://api.example.com/precall?token=S3CRET",
+            "HTTPS://API.Example.com/",
+            "http://127.0.0.1:9/precall",
+            "http://[::1]:8080/",
+            "https://precall-svc_internal.default.svc.cluster.local./x",
+            "https://b\u{fc}cher.example/",
+            "https://api.example.com/precall#frag",
+        ] {
+            assert_eq!(check(raw), Ok(()), "{raw}");
+        }
+    }
 }

@@ -422,7 +422,8 @@ async fn check_set_endpoint(
         Method::PUT => {
             let value = read_json(headers, body, app.settings.header_timeout).await?;
             let checks = read_checks(app, &value, "checks")?;
-            let answer = json!({ "name": name, "checks": value });
+            // What is kept, as GET answers it (a `null` member read as not given is left out).
+            let answer = json!({ "name": name, "checks": checks.iter().map(Check::raw).collect::<Vec<_>>() });
             app.writer.edit(Edit::CheckSet { name, checks: Some(checks) }).await?;
             Ok(answer.into())
         }

@@ -447,7 +447,27 @@ fn parse_check(value: &Value, at: &str, opts: &ValidateOptions, problems: &mut V
     if o.problems.len() != before {
         return None;
     }
-    Some(Check { name: name?.into(), enabled, default_on_failure, kind: kind?, raw: value.clone() })
+    Some(Check { name: name?.into(), enabled, default_on_failure, kind: kind?, raw: as_read(value) })
+}
+
+/// The check as it was read, for `GET` answers and the saved file: a member whose value is
+/// `null` is read as not given, so it is left out (an answer never shows a `null` that the
+/// document says is an array or a string). Values taken whole (`body`, `response_field_value`)
+/// are data and kept exactly.
+fn as_read(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    let whole = k == "body" || k == "response_field_value";
+                    (k.clone(), if whole { v.clone() } else { as_read(v) })
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(as_read).collect()),
+        other => other.clone(),
+    }
 }
 
 fn number_set(o: &mut Obj<'_, '_>, field: &str) -> Option<NumberSet> {

@@ -150,7 +150,7 @@ impl App {
         });
         let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
         let voice_paths = canonical(&settings.voice_paths);
-        let decisions = DecisionLog::start(settings.decision_log_size);
+        let decisions = DecisionLog::new(settings.decision_log_size);
         let contexts = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
         let signed_paths = canonical(&settings.signed_paths);
         let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown, metrics);

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -179,6 +180,9 @@ pub struct MemoryContexts {
     max_entries: usize,
     metrics: &'static Metrics,
     inner: Mutex<Inner>,
+    /// How many contexts are held, read without the lock: a call that may not wait, with none
+    /// held, is answered without locking or allocating.
+    held: AtomicUsize,
 }
 
 impl MemoryContexts {
@@ -192,7 +196,13 @@ impl MemoryContexts {
 
     pub fn new(ttl: Duration, max_entries: usize, metrics: &'static Metrics) -> MemoryContexts {
         metrics.set_context_entries(0);
-        MemoryContexts { ttl, max_entries: max_entries.max(1), metrics, inner: Mutex::default() }
+        MemoryContexts {
+            ttl,
+            max_entries: max_entries.max(1),
+            metrics,
+            inner: Mutex::default(),
+            held: AtomicUsize::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -251,13 +261,19 @@ impl MemoryContexts {
             }
             inner.order.pop_front();
         }
-        self.metrics.set_context_entries(inner.held.len());
+        self.count(&inner);
     }
 
     /// Takes a live context at once; an expired one is dropped (counted).
+    /// Publishes how many contexts are held (the gauge, and the lock-free count).
+    fn count(&self, inner: &Inner) {
+        self.held.store(inner.held.len(), Ordering::Relaxed);
+        self.metrics.set_context_entries(inner.held.len());
+    }
+
     fn take_now(&self, inner: &mut Inner, key: &str) -> Option<Box<str>> {
         let held = inner.held.remove(key)?;
-        self.metrics.set_context_entries(inner.held.len());
+        self.count(inner);
         if held.expires <= Instant::now() {
             self.metrics.record_context(ContextResult::Expired);
             return None;
@@ -284,11 +300,14 @@ impl MemoryContexts {
             }
             seen += 1;
         }
-        self.metrics.set_context_entries(inner.held.len());
+        self.count(&inner);
         seen
     }
 
     async fn take_or_wait(&self, agent_id: &str, caller: &str, wait: Duration) -> Lookup {
+        if wait.is_zero() && self.held.load(Ordering::Relaxed) == 0 {
+            return Lookup::Absent;
+        }
         let key = key(agent_id, caller);
         let (id, mut delivered) = {
             let mut inner = self.lock();

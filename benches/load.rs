@@ -3,7 +3,7 @@
 //! In-process stubs (a gate that answers at once, by path, `accept` or `reject`; an engine that
 //! answers a small TwiML; a gate that never answers) sit behind callgate, started as deployed:
 //! JSON logs on with a line per decision, signatures enforced once the binary has the flags.
-//! Each path (reject, accept, no gate, passthrough) is measured through callgate and against the
+//! Each path (reject, accept, chain, no gate, passthrough) is measured through callgate and against the
 //! engine called directly, open-loop at fixed rates and closed-loop at 32 connections.
 //!
 //! ```sh
@@ -161,7 +161,7 @@ fn parse_path(s: &str) -> Result<CallPath, String> {
     CallPath::MEASURED
         .into_iter()
         .find(|p| p.name().replace(' ', "-") == s)
-        .ok_or_else(|| format!("{s:?}: one of reject, accept, no-gate, passthrough"))
+        .ok_or_else(|| format!("{s:?}: one of reject, accept, chain, no-gate, passthrough"))
 }
 
 /// The calls the bench makes, each on its own route.
@@ -173,6 +173,9 @@ pub enum CallPath {
     Accept,
     /// A number whose agent has no gate.
     NoGate,
+    /// A number whose gate is a chain: a caller list, opening hours (always open) and an
+    /// `external_api` check answered by the stub gate.
+    Chain,
     /// A status callback: not a voice path, forwarded as is.
     Passthrough,
     /// A number whose gate never answers (timeout_ms 200).
@@ -180,14 +183,15 @@ pub enum CallPath {
 }
 
 impl CallPath {
-    pub const MEASURED: [CallPath; 4] =
-        [CallPath::Reject, CallPath::Accept, CallPath::NoGate, CallPath::Passthrough];
+    pub const MEASURED: [CallPath; 5] =
+        [CallPath::Reject, CallPath::Accept, CallPath::Chain, CallPath::NoGate, CallPath::Passthrough];
 
     pub fn name(self) -> &'static str {
         match self {
             CallPath::Reject => "reject",
             CallPath::Accept => "accept",
             CallPath::NoGate => "no gate",
+            CallPath::Chain => "chain",
             CallPath::Passthrough => "passthrough",
             CallPath::DeadGate => "dead gate",
         }
@@ -198,6 +202,7 @@ impl CallPath {
             CallPath::Reject => "+447700900001",
             CallPath::Accept => "+447700900002",
             CallPath::NoGate => "+447700900003",
+            CallPath::Chain => "+447700900005",
             CallPath::DeadGate => "+447700900004",
             CallPath::Passthrough => "+447700900123",
         }
@@ -230,6 +235,14 @@ pub fn write_routes(path: &Path, gate: SocketAddr, dead: SocketAddr, filler: u64
         CallPath::Accept.number(): { "agent_id": "agent_bench_accept" },
         CallPath::NoGate.number(): { "agent_id": "agent_bench_nogate" },
         CallPath::DeadGate.number(): { "gate": { "url": format!("http://{dead}/hold"), "timeout_ms": 200 } },
+        CallPath::Chain.number(): { "gate": { "checks": [
+            { "type": "caller_list", "name": "Blocklist", "deny": ["+447386172392", "+4487*"] },
+            { "type": "schedule", "name": "Opening hours", "timezone": "Europe/London",
+              "open": [{ "days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "from": "00:00", "to": "00:00" }] },
+            { "type": "external_api", "name": "Billing API",
+              "http_request": { "url": format!("http://{gate}/precall/check?phone={{customer_mobile_number}}") },
+              "response_config": { "response_field": "action", "response_field_value": "accept" } }
+        ] } },
     });
     let map = numbers.as_object_mut().expect("an object");
     for i in 0..filler {

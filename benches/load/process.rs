@@ -57,7 +57,21 @@ pub struct Callgate {
 
 impl Callgate {
     pub fn spawn(bin: &Path, dir: &Path, engine: SocketAddr, routes: &Path, features: &Features) -> Callgate {
-        let log = dir.join("callgate.log");
+        Callgate::spawn_with(bin, dir, engine, routes, features, "callgate.log", &[])
+    }
+
+    /// As [`Callgate::spawn`], logging to `log_name` in `dir`, with `extra` flags last (a later
+    /// value of a flag overrides an earlier one).
+    pub fn spawn_with(
+        bin: &Path,
+        dir: &Path,
+        engine: SocketAddr,
+        routes: &Path,
+        features: &Features,
+        log_name: &str,
+        extra: &[&str],
+    ) -> Callgate {
+        let log = dir.join(log_name);
         let stderr = File::options().create(true).append(true).open(&log).expect("log file opens");
         let mut command = Command::new(bin);
         command
@@ -83,6 +97,7 @@ impl Callgate {
             // which an open circuit would skip. Both off keeps runs comparable with earlier ones.
             command.args(["--dedup-window", "0", "--breaker-failures", "0"]);
         }
+        command.args(extra);
         let mut child = command.spawn().expect("callgate starts");
         let Some((public, admin)) = wait_for_addresses(&log) else {
             let _ = child.kill();

@@ -264,6 +264,11 @@ pub async fn full(args: &Args) {
     let decisions = callgate.decision_lines();
 
     let dead = if args.no_dead_gate { None } else { Some(dead_gate(args, &callgate, &stubs).await) };
+    let breaker = if args.no_dead_gate || !features.resilience {
+        None
+    } else {
+        Some(dead_gate_behind_open_circuit(args, &_scratch, &stubs, &features).await)
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let settled = ProcStatus::read(callgate.pid());
 
@@ -293,6 +298,13 @@ pub async fn full(args: &Args) {
     if let Some(dead) = dead {
         report::header("A gate that never answers (timeout_ms 200)");
         dead.print();
+    }
+    if let Some(rows) = breaker {
+        let top = format!("open {BREAKER_RATE:.0}/s");
+        report::header(&format!(
+            "The same dead gate behind an open circuit (--breaker-failures 5), against no gate, at {top}"
+        ));
+        report::added(&rows, &top, "callgate");
     }
     println!("\n(the bench took {:.0} s)", began.elapsed().as_secs_f64());
 }
@@ -379,6 +391,50 @@ async fn dead_gate(args: &Args, callgate: &Callgate, stubs: &Stubs) -> DeadRun {
         fail_open: scrape.delta(&scrape_before, "callgate_inbound_calls_total{decision=\"fail_open\"}"),
         accepted: stubs.counts.dead_accepted.load(Ordering::Relaxed) - accepted_before,
     }
+}
+
+/// Rate of the open-circuit run, calls/s.
+const BREAKER_RATE: f64 = 2000.0;
+
+/// A second callgate with the breaker on (5 failures, a cooldown longer than the run): the dead
+/// gate's circuit is opened by a few calls, then the dead-gate number and the no-gate number are
+/// measured at [`BREAKER_RATE`], each against the engine called directly. With the circuit
+/// open, a call to the dead gate should cost what a call with no gate does.
+async fn dead_gate_behind_open_circuit(
+    args: &Args,
+    scratch: &Scratch,
+    stubs: &Stubs,
+    features: &Features,
+) -> Vec<Row> {
+    let bin = locate_binary(args.callgate.as_deref());
+    let extra = ["--breaker-failures", "5", "--breaker-cooldown", "1h"];
+    let callgate = Callgate::spawn_with(
+        &bin,
+        &scratch.0,
+        stubs.engine,
+        &scratch.routes(),
+        features,
+        "breaker.log",
+        &extra,
+    );
+    callgate.wait_ready().await;
+    let via = Target::new(callgate.public);
+    let direct = Target::new(stubs.engine);
+    // Five timeouts open it; a few more calls make sure, and warm the pools.
+    closed_loop(&via, CallPath::DeadGate.call(true), Duration::from_millis(1500), 8).await;
+    let opened = callgate.scrape().await.value("callgate_circuits_open");
+    assert!(opened >= 1.0, "the dead gate's circuit did not open (callgate_circuits_open {opened})");
+    warm_up(&[("callgate", &via, true), ("direct", &direct, false)], &[CallPath::NoGate], args.connections)
+        .await;
+    let subjects = [
+        Subject { name: "direct", target: &direct, callgate: None, pids: Vec::new() },
+        Subject { name: "callgate", target: &via, callgate: Some(&callgate), pids: vec![callgate.pid()] },
+    ];
+    let load =
+        Load { rate: Some(BREAKER_RATE), duration: run_length(args, 3.5), connections: args.connections };
+    let mut rows = measure(&subjects, CallPath::DeadGate, load).await;
+    rows.extend(measure(&subjects, CallPath::NoGate, load).await);
+    rows
 }
 
 /// Closed loop (or open loop at --profile-rate) on each path through callgate for --run-secs

@@ -102,18 +102,6 @@ fn ringing_from(to: &str, from: &str, sid: &str) -> String {
     s.finish()
 }
 
-async fn record_of(cg: &Callgate, sid: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = cg.admin("GET", &format!("/v1/calls/{sid}"), None).await;
-        if status == StatusCode::OK {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "no record of {sid}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn with_credentials(dir: &Path, creds: &Value) -> std::path::PathBuf {
     let path = dir.join("creds.json");
     std::fs::write(&path, creds.to_string()).unwrap();
@@ -159,7 +147,7 @@ async fn the_seeds_dnd_example_proceeds_on_false_and_skips_on_true_or_the_string
     {
         let sid = format!("CA{i:032}");
         post_form(&cg.url("/twilio/voice"), &ringing_from("+15005550006", from, &sid)).await;
-        let record = record_of(&cg, &sid).await;
+        let record = cg.record_of(&sid).await;
         assert_eq!(record["decision"], decision);
         let status = if decision == "accept" { "proceed" } else { "skip" };
         assert_eq!(record["checks"], json!([{"name": "DND Check", "status": status}]));
@@ -303,7 +291,7 @@ async fn the_first_skip_ends_the_chain_and_later_checks_are_never_called_and_dis
     let answer =
         post_form(&cg.url("/twilio/voice"), &ringing_from("+15005550006", "+447700900001", "CA1")).await;
     assert!(answer.text().contains("<Reject"), "{}", answer.text());
-    let record = record_of(&cg, "CA1").await;
+    let record = cg.record_of("CA1").await;
     assert_eq!((record["decision"].as_str(), record["reason"].as_str()), (Some("reject"), Some("Second")));
     assert_eq!(
         record["checks"],
@@ -747,7 +735,7 @@ async fn the_gates_on_failure_decides_for_checks_that_set_none_and_when_its_dead
         let started = Instant::now();
         post_form(&cg.url("/twilio/voice"), &ringing_from(to, "+447700900001", &sid)).await;
         assert!(started.elapsed() < Duration::from_secs(2), "{to}: the gate's deadline bounds the chain");
-        let record = record_of(&cg, &sid).await;
+        let record = cg.record_of(&sid).await;
         assert_eq!(
             (record["decision"].as_str(), record["cause"].as_str(), record["reason"].as_str()),
             (Some(decision), Some(cause), Some(reason)),

@@ -88,18 +88,6 @@ fn engine_context(engine: &Stub, sid: &str) -> Option<Value> {
     Some(serde_json::from_slice(&json).unwrap())
 }
 
-async fn record_of(cg: &Callgate, sid: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = cg.admin("GET", &format!("/v1/calls/{sid}"), None).await;
-        if status == StatusCode::OK {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "no record of {sid}: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 async fn call(cg: &Callgate, to: &str, sid: &str) {
     let answer = post_form(&cg.url("/twilio/voice"), &ringing_sid(to, sid)).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -133,7 +121,7 @@ async fn a_push_reaches_the_gate_the_engine_and_the_record_once() {
         engine_context(&w.engine, &sid(1)),
         Some(json!({"agent_id": "support-agent", "context": fields}))
     );
-    let record = record_of(&w.cg, &sid(1)).await;
+    let record = w.cg.record_of(&sid(1)).await;
     assert_eq!(record["context"], "hit");
     assert!(!record.to_string().contains("Jane"), "the record holds no context: {record}");
 
@@ -141,7 +129,7 @@ async fn a_push_reaches_the_gate_the_engine_and_the_record_once() {
     call(&w.cg, NUMBER, &sid(2)).await;
     assert!(gate_saw(&w.gate, &sid(2)).get("context").is_none());
     assert_eq!(engine_context(&w.engine, &sid(2)), None);
-    assert_eq!(record_of(&w.cg, &sid(2)).await["context"], Value::Null);
+    assert_eq!(w.cg.record_of(&sid(2)).await["context"], Value::Null);
 }
 
 #[tokio::test]
@@ -160,7 +148,7 @@ async fn the_seeds_camel_case_push_works_and_a_call_without_a_gate_still_hands_i
         engine_context(&w.engine, &sid(11)),
         Some(json!({"agent_id": "agent_plain", "context": {"plan": "enterprise"}}))
     );
-    assert_eq!(record_of(&w.cg, &sid(11)).await["decision"], "no_gate");
+    assert_eq!(w.cg.record_of(&sid(11)).await["decision"], "no_gate");
 }
 
 #[tokio::test]
@@ -196,7 +184,7 @@ async fn a_push_expires_after_the_ttl() {
     assert!(pushed.elapsed() > Duration::from_millis(300));
     call(&w.cg, NUMBER, &sid(40)).await;
     assert!(gate_saw(&w.gate, &sid(40)).get("context").is_none(), "expired");
-    assert_eq!(record_of(&w.cg, &sid(40)).await["context"], Value::Null);
+    assert_eq!(w.cg.record_of(&sid(40)).await["context"], Value::Null);
 }
 
 #[tokio::test]
@@ -217,7 +205,7 @@ async fn a_waiting_call_is_released_by_the_push_at_once() {
     assert!(took > Duration::from_millis(250) && took < Duration::from_millis(1200), "{took:?}");
     assert_eq!(gate_saw(&w.gate, &sid(50))["context"], json!({"lang": "es"}));
     assert_eq!(engine_context(&w.engine, &sid(50)).unwrap()["context"], json!({"lang": "es"}));
-    assert_eq!(record_of(&w.cg, &sid(50)).await["context"], "waited");
+    assert_eq!(w.cg.record_of(&sid(50)).await["context"], "waited");
 }
 
 #[tokio::test]
@@ -229,7 +217,7 @@ async fn a_wait_that_ends_empty_goes_on_without_context() {
     assert!(took >= Duration::from_millis(1500) && took < Duration::from_millis(3000), "{took:?}");
     assert!(gate_saw(&w.gate, &sid(60)).get("context").is_none());
     assert_eq!(engine_context(&w.engine, &sid(60)), None);
-    let record = record_of(&w.cg, &sid(60)).await;
+    let record = w.cg.record_of(&sid(60)).await;
     assert_eq!((record["context"].as_str(), record["decision"].as_str()), (Some("miss"), Some("accept")));
 }
 
@@ -251,7 +239,7 @@ async fn the_wait_is_bounded_by_the_twilio_deadline() {
     // The engine's timeout is what is left: nearly nothing. Either way Twilio is answered.
     assert!(answer.status == StatusCode::OK || answer.status == StatusCode::GATEWAY_TIMEOUT);
     assert!(took < Duration::from_millis(2000), "{took:?}");
-    assert_eq!(record_of(&cg, &sid(70)).await["context"], "miss");
+    assert_eq!(cg.record_of(&sid(70)).await["context"], "miss");
     drop(gate);
 }
 
@@ -362,7 +350,7 @@ async fn an_agents_context_wait_is_set_through_the_api_saved_and_validated() {
     let started = Instant::now();
     call(&w.cg, NUMBER, &sid(100)).await;
     assert!(started.elapsed() >= Duration::from_millis(1200));
-    assert_eq!(record_of(&w.cg, &sid(100)).await["context"], "miss");
+    assert_eq!(w.cg.record_of(&sid(100)).await["context"], "miss");
 }
 
 #[tokio::test]

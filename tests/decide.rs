@@ -197,7 +197,7 @@ async fn answers_that_are_not_accepts_fail_open_and_a_reject_with_enrichment_sti
         let seen = engine_saw(&engine, &sid(200 + i));
         assert_eq!(seen.headers["x-callgate-decision"], "fail_open", "{number}");
         assert!(!seen.headers.contains_key("x-callgate-context"));
-        let record = record_of(&cg, &sid(200 + i)).await;
+        let record = cg.record_of(&sid(200 + i)).await;
         assert_eq!(
             (record["decision"].as_str(), record["cause"].as_str()),
             (Some("fail_open"), Some("malformed"))
@@ -207,7 +207,7 @@ async fn answers_that_are_not_accepts_fail_open_and_a_reject_with_enrichment_sti
     let answer = post_form(&cg.url("/twilio/voice"), &ringing_sid(numbers[2], &sid(202))).await;
     assert_eq!(&answer.body[..], GOLDEN_REJECT.trim_ascii_end());
     assert_eq!(engine.count(), before, "a reject never reaches the engine");
-    let record = record_of(&cg, &sid(202)).await;
+    let record = cg.record_of(&sid(202)).await;
     assert_eq!(record["decision"], "reject");
     assert_eq!(record["override_agent_id"], Value::Null, "a reject's enrichment is not taken");
     assert_eq!(record["agent_id"], "agent_num");
@@ -244,19 +244,6 @@ async fn an_engine_that_checks_twilios_signature_still_can() {
     assert_eq!(seen.headers["x-twilio-signature"], sign_with_token(TOKEN, url, &got).as_str());
 }
 
-/// The decision record of `sid`, once it is kept (the keeper runs beside the call).
-async fn record_of(cg: &Callgate, sid: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = cg.admin("GET", &format!("/v1/calls/{sid}"), None).await;
-        if status == StatusCode::OK {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "no record of {sid}: {status} {body}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_decision_record_says_why_for_each_kind_of_call() {
     let cases = vec![
@@ -281,7 +268,7 @@ async fn the_decision_record_says_why_for_each_kind_of_call() {
     for (i, number) in ["+15550000041", "+15550000042", "+15550000043", "+15550000044"].iter().enumerate() {
         post_form(&cg.url("/twilio/voice"), &ringing_sid(number, &sid(400 + i))).await;
     }
-    let accept = record_of(&cg, &sid(400)).await;
+    let accept = cg.record_of(&sid(400)).await;
     assert_eq!(accept["call_id"], sid(400));
     assert_eq!(accept["to"], "+15550000041");
     assert_eq!(accept["from"], "+14155550100");
@@ -295,15 +282,15 @@ async fn the_decision_record_says_why_for_each_kind_of_call() {
     assert!(at + Duration::from_secs(1) >= started);
     assert!(!accept.to_string().contains("VIP"), "records hold no metadata");
 
-    let reject = record_of(&cg, &sid(401)).await;
+    let reject = cg.record_of(&sid(401)).await;
     assert_eq!((reject["decision"].as_str(), reject["reason"].as_str()), (Some("reject"), Some("no credit")));
     assert_eq!(reject["agent_id"], "agent_num");
-    let failed = record_of(&cg, &sid(402)).await;
+    let failed = cg.record_of(&sid(402)).await;
     assert_eq!(
         (failed["decision"].as_str(), failed["cause"].as_str()),
         (Some("fail_open"), Some("malformed"))
     );
-    let free = record_of(&cg, &sid(403)).await;
+    let free = cg.record_of(&sid(403)).await;
     assert_eq!((free["decision"].as_str(), free["source"].as_str()), (Some("no_gate"), Some("none")));
     assert_eq!(free["agent_id"], "agent_free");
     assert_eq!(free["gate_ms"], Value::Null);
@@ -312,7 +299,7 @@ async fn the_decision_record_says_why_for_each_kind_of_call() {
     let (status, body) = cg.admin("GET", &format!("/v1/calls/{}", sid(999)), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
     post_form(&cg.url("/twilio/voice"), &ringing_sid("+15550000044", &sid(404))).await;
-    record_of(&cg, &sid(404)).await;
+    cg.record_of(&sid(404)).await;
     let (status, _) = cg.admin("GET", &format!("/v1/calls/{}", sid(400)), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the oldest record is evicted");
     // Without a key: 401, whatever the sid.

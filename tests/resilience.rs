@@ -31,19 +31,6 @@ async fn call(cg: &Callgate, to: &str, sid: &str) -> (Answer, Duration) {
     (answer, started.elapsed())
 }
 
-/// The decision record of `sid`, once kept.
-async fn record(cg: &Callgate, sid: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = cg.admin("GET", &format!("/v1/calls/{sid}"), None).await;
-        if status == StatusCode::OK {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "no record for {sid}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// `X-Callgate-Decision` on the engine's last request for `sid` (`None`: never forwarded).
 fn forwarded(engine: &Stub, sid: &str) -> Option<String> {
     let seen = engine.seen();
@@ -87,7 +74,7 @@ async fn n_failures_open_the_circuit_and_the_next_calls_are_answered_at_once_wit
         let (answer, _) = call(&cg, N1, &sid("open", n)).await;
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(forwarded(&engine, &sid("open", n)).as_deref(), Some("fail_open"));
-        assert_eq!(record(&cg, &sid("open", n)).await["cause"], "status");
+        assert_eq!(cg.record_of(&sid("open", n)).await["cause"], "status");
     }
     assert_eq!(gate.count(), 3);
     for n in 3..8 {
@@ -95,7 +82,7 @@ async fn n_failures_open_the_circuit_and_the_next_calls_are_answered_at_once_wit
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(forwarded(&engine, &sid("open", n)).as_deref(), Some("fail_open"));
         assert!(took < Duration::from_millis(50), "a call to an open circuit took {took:?}");
-        let kept = record(&cg, &sid("open", n)).await;
+        let kept = cg.record_of(&sid("open", n)).await;
         assert_eq!((&kept["cause"], &kept["gate_ms"]), (&json!("circuit_open"), &Value::Null));
     }
     assert_eq!(gate.count(), 3, "an open circuit's gate is not asked");
@@ -112,12 +99,12 @@ async fn a_fail_closed_gate_rejects_while_its_circuit_is_open() {
     for n in 0..2 {
         let (answer, _) = call(&cg, N1, &sid("closed", n)).await;
         assert!(busy(&answer));
-        assert_eq!(record(&cg, &sid("closed", n)).await["cause"], "connect");
+        assert_eq!(cg.record_of(&sid("closed", n)).await["cause"], "connect");
     }
     let (answer, took) = call(&cg, N1, &sid("closed", 2)).await;
     assert!(busy(&answer));
     assert!(took < Duration::from_millis(50), "{took:?}");
-    let kept = record(&cg, &sid("closed", 2)).await;
+    let kept = cg.record_of(&sid("closed", 2)).await;
     assert_eq!((&kept["decision"], &kept["cause"]), (&json!("fail_closed"), &json!("circuit_open")));
     assert_eq!(engine.count(), 0, "the engine never hears of a rejected call");
 }
@@ -166,7 +153,7 @@ async fn after_the_cooldown_exactly_one_call_probes_and_its_success_closes_the_c
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(forwarded(&engine, &sid("probe", n)).as_deref(), Some("fail_open"));
         assert!(took < Duration::from_millis(50), "{took:?}");
-        assert_eq!(record(&cg, &sid("probe", n)).await["cause"], "circuit_open");
+        assert_eq!(cg.record_of(&sid("probe", n)).await["cause"], "circuit_open");
     }
     assert_eq!(gate.count(), 3, "exactly one request while half-open");
     probe.await.unwrap();
@@ -193,10 +180,10 @@ async fn a_failed_probe_opens_the_circuit_again() {
     tokio::time::sleep(cooldown + Duration::from_millis(50)).await;
     call(&cg, N1, &sid("reopen", 1)).await;
     assert_eq!(gate.count(), 2, "the probe asked the gate");
-    assert_eq!(record(&cg, &sid("reopen", 1)).await["cause"], "status");
+    assert_eq!(cg.record_of(&sid("reopen", 1)).await["cause"], "status");
     let (_, took) = call(&cg, N1, &sid("reopen", 2)).await;
     assert!(took < Duration::from_millis(50));
-    assert_eq!(record(&cg, &sid("reopen", 2)).await["cause"], "circuit_open");
+    assert_eq!(cg.record_of(&sid("reopen", 2)).await["cause"], "circuit_open");
     assert_eq!(gate.count(), 2);
 }
 
@@ -216,7 +203,7 @@ async fn gates_on_one_origin_share_a_circuit_and_gates_on_another_do_not() {
     call(&cg, N1, &sid("share", 0)).await;
     call(&cg, N1, &sid("share", 1)).await;
     call(&cg, N2, &sid("share", 2)).await;
-    assert_eq!(record(&cg, &sid("share", 2)).await["cause"], "circuit_open", "same origin, other path");
+    assert_eq!(cg.record_of(&sid("share", 2)).await["cause"], "circuit_open", "same origin, other path");
     assert_eq!(failing.count(), 2);
     for n in 3..6 {
         let (answer, _) = call(&cg, N3, &sid("share", n)).await;
@@ -244,9 +231,9 @@ async fn answers_that_are_4xx_or_malformed_do_not_open_the_circuit() {
             .await;
     for n in 0..5 {
         call(&cg, N1, &sid("fourxx", n)).await;
-        assert_eq!(record(&cg, &sid("fourxx", n)).await["cause"], "status");
+        assert_eq!(cg.record_of(&sid("fourxx", n)).await["cause"], "status");
         call(&cg, N2, &sid("garble", n)).await;
-        assert_eq!(record(&cg, &sid("garble", n)).await["cause"], "malformed");
+        assert_eq!(cg.record_of(&sid("garble", n)).await["cause"], "malformed");
     }
     assert_eq!(gate.count(), 10, "every call asked the gate");
 }
@@ -304,7 +291,7 @@ async fn the_same_callsid_twice_gets_one_gate_request_and_the_same_answer() {
     let cg = Callgate::spawn_with(&table, &format!("http://{}", engine.addr), dedup(Duration::from_secs(60)))
         .await;
     let (first, _) = call(&cg, N1, &sid("twice", 0)).await;
-    let first_record = record(&cg, &sid("twice", 0)).await;
+    let first_record = cg.record_of(&sid("twice", 0)).await;
     let (again, _) = call(&cg, N1, &sid("twice", 0)).await;
     assert_eq!(gate.count(), 1);
     assert_eq!(engine.count(), 2, "an accept is forwarded again");
@@ -317,7 +304,7 @@ async fn the_same_callsid_twice_gets_one_gate_request_and_the_same_answer() {
     assert_eq!(seen[1].headers.get("x-callgate-decision").unwrap(), "accept");
     // The first record stays.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(record(&cg, &sid("twice", 0)).await, first_record);
+    assert_eq!(cg.record_of(&sid("twice", 0)).await, first_record);
     assert_eq!(first_record["dedup"], Value::Null);
 }
 
@@ -388,7 +375,7 @@ async fn a_reject_replayed_is_the_same_twiml() {
     assert_eq!(gate.count(), 1);
     assert_eq!(engine.count(), 0);
     assert!(metric_value(&metrics().await, replayed).unwrap() >= before + 1.0);
-    assert_eq!(record(&cg, &sid("reject", 0)).await["decision"], "reject");
+    assert_eq!(cg.record_of(&sid("reject", 0)).await["decision"], "reject");
 }
 
 // ------------------------------------------------------------------------------ shadow
@@ -424,7 +411,7 @@ async fn a_rejecting_shadow_gate_forwards_with_shadow_reject_and_counts_it() {
     let seen = engine.seen();
     assert_eq!(seen.len(), 1, "the call was forwarded");
     assert_eq!(seen[0].headers.get("x-callgate-decision").unwrap(), "shadow_reject");
-    let kept = record(&cg, &sid("shadow", 0)).await;
+    let kept = cg.record_of(&sid("shadow", 0)).await;
     assert_eq!((&kept["decision"], &kept["reason"]), (&json!("shadow_reject"), &json!("no credit")));
 
     // A fail-closed shadow gate that fails is a shadow_reject too.
@@ -437,7 +424,7 @@ async fn a_rejecting_shadow_gate_forwards_with_shadow_reject_and_counts_it() {
     assert_eq!(seen.headers.get("x-callgate-decision").unwrap(), "accept");
     assert!(seen.headers.get("x-callgate-context").is_none());
     assert!(seen.headers.get("x-callgate-agent-id").is_none());
-    assert_eq!(record(&cg, &sid("shadow", 1)).await["override_agent_id"], "agent_vip");
+    assert_eq!(cg.record_of(&sid("shadow", 1)).await["override_agent_id"], "agent_vip");
 
     let text = metrics().await;
     assert_eq!(metric_value(&text, shadow_reject).unwrap(), before + 2.0);

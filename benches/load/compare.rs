@@ -21,7 +21,8 @@ pub async fn stubs_only(args: &Args) {
     // In a directory of its own, which callgate watches: nothing else is written there.
     let routes = file.with_file_name("routes").join("routes.json");
     std::fs::create_dir_all(routes.parent().expect("a parent")).expect("routes directory");
-    write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers);
+    // The peers implement webhook gates only.
+    write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers, false);
     let text = format!(
         "GATE={}\nENGINE={}\nDEAD={}\nROUTES={}\nTOKEN={}\nPUBLIC_URL={}\n",
         stubs.gate,

@@ -33,6 +33,8 @@ pub struct Features {
     pub signed_paths: bool,
     /// `--dedup-window` and `--breaker-failures` exist (both are turned off for the bench).
     pub resilience: bool,
+    /// Check chains exist (`--credentials` came with them): the chain path is measured.
+    pub chains: bool,
 }
 
 impl Features {
@@ -43,6 +45,7 @@ impl Features {
             signatures: help.contains("--twilio-auth-token") && help.contains("--public-url"),
             signed_paths: help.contains("--signed-path"),
             resilience: help.contains("--dedup-window") && help.contains("--breaker-failures"),
+            chains: help.contains("--credentials"),
         }
     }
 }
@@ -60,8 +63,8 @@ impl Callgate {
         Callgate::spawn_with(bin, dir, engine, routes, features, "callgate.log", &[])
     }
 
-    /// As [`Callgate::spawn`], logging to `log_name` in `dir`, with `extra` flags last (a later
-    /// value of a flag overrides an earlier one).
+    /// As [`Callgate::spawn`], logging to `log_name` in `dir`, with `extra` flags added
+    /// (`--breaker-failures` among them replaces the bench's `0`).
     pub fn spawn_with(
         bin: &Path,
         dir: &Path,
@@ -95,7 +98,10 @@ impl Callgate {
             // Every bench call carries the fixture's one CallSid: with dedup on, all but the
             // first would be replays; and the dead-gate run measures the gate's timeout path,
             // which an open circuit would skip. Both off keeps runs comparable with earlier ones.
-            command.args(["--dedup-window", "0", "--breaker-failures", "0"]);
+            command.args(["--dedup-window", "0"]);
+            if !extra.contains(&"--breaker-failures") {
+                command.args(["--breaker-failures", "0"]);
+            }
         }
         command.args(extra);
         let mut child = command.spawn().expect("callgate starts");

@@ -81,7 +81,8 @@ impl Bench {
         let scratch = Scratch::new();
         let stubs = Stubs::start(args.gate_addr, args.engine_addr, args.dead_addr).await.expect("stubs bind");
         let routes = scratch.routes();
-        write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers);
+        let chains = Features::probe(&locate_binary(args.callgate.as_deref())).chains;
+        write_routes(&routes, stubs.gate, stubs.dead, args.table_numbers, chains);
         let (callgate, features) = start_callgate(args, &scratch.0, stubs.engine, &routes).await;
         Bench { scratch, stubs, callgate, features }
     }
@@ -209,10 +210,10 @@ pub(crate) async fn measure(subjects: &[Subject<'_>], path: CallPath, load: Load
     rows
 }
 
-/// The paths to measure: --paths, else all four.
-fn paths(args: &Args) -> Vec<CallPath> {
+/// The paths to measure: --paths, else all (the chain path where the binary has chains).
+fn paths(args: &Args, features: &Features) -> Vec<CallPath> {
     if args.paths.is_empty() {
-        CallPath::MEASURED.to_vec()
+        CallPath::MEASURED.into_iter().filter(|p| features.chains || *p != CallPath::Chain).collect()
     } else {
         args.paths.clone()
     }
@@ -241,7 +242,7 @@ pub async fn full(args: &Args) {
     let via = Target::new(callgate.public);
     let direct = Target::new(stubs.engine);
     let conns = args.connections;
-    let paths = paths(args);
+    let paths = paths(args, &features);
     warm_up(&[("callgate", &via, true), ("direct", &direct, false)], &paths, conns).await;
     let after_warmup = ProcStatus::read(callgate.pid());
 
@@ -444,7 +445,7 @@ pub async fn profile(args: &Args) {
     let prefix = args.profile.clone().expect("--profile PREFIX");
     let Bench { scratch: _scratch, stubs: _stubs, callgate, features } = Bench::start(args).await;
     let via = Target::new(callgate.public);
-    let paths = paths(args);
+    let paths = paths(args, &features);
     warm_up(&[("callgate", &via, true)], &paths, args.connections).await;
     let run = Duration::from_secs_f64(args.run_secs.unwrap_or(10.0));
     describe_setup(&features, args.connections);

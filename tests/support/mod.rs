@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -261,6 +261,19 @@ pub struct Callgate {
 }
 
 impl Callgate {
+    /// The decision record of `sid` (`GET /v1/calls/{sid}`), waiting up to 5 s for it.
+    pub async fn record_of(&self, sid: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, body) = self.admin("GET", &format!("/v1/calls/{sid}"), None).await;
+            if status == StatusCode::OK {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "no record of {sid}: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// callgate with `routes` (a routes-file JSON text) in front of the engine at `upstream`.
     pub async fn spawn(routes: &str, upstream: &str) -> Callgate {
         Callgate::spawn_with(routes, upstream, |_| {}).await

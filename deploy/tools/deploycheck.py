@@ -57,6 +57,23 @@ EXPORTED = {
     "callgate_admin_writes_total": ("counter", {"result": {"ok", "error"}}),
     "callgate_tls_reloads_total": ("counter", {"result": {"ok", "error"}}),
     "callgate_build_info": ("gauge", {"version": None}),
+    "callgate_checks_total": (
+        "counter",
+        {"type": {"external_api", "caller_list", "schedule"}, "result": {"proceed", "skip", "failure"}},
+    ),
+    "callgate_context_total": (
+        "counter",
+        {"result": {"stored", "hit", "waited", "miss", "expired", "evicted", "refused"}},
+    ),
+    "callgate_context_entries": ("gauge", {}),
+    "callgate_events_total": ("counter", {"result": {"delivered", "retried", "given_up"}}),
+    "callgate_events_pending": ("gauge", {}),
+    # callgate's own additions to SPEC 8 (README's metrics table says each one).
+    "callgate_events_dropped_total": ("counter", {"reason": {"queue_full", "outbox_full"}}),
+    "callgate_events_outbox_ok": ("gauge", {}),
+    "callgate_events_outbox_errors_total": ("counter", {}),
+    "callgate_credentials_reloads_total": ("counter", {"result": {"ok", "error"}}),
+    "callgate_open_connections": ("gauge", {}),
 }
 # Labels Prometheus (or the Prometheus Operator) attaches to every scraped series.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -37,7 +37,7 @@ pub enum DemoError {
 pub const DEMO_KEY: &str = "demo:demo-secret";
 
 /// The demo numbers: each one shows one decision.
-pub const CASES: [(&str, &str, &str, &str); 10] = [
+pub const CASES: [(&str, &str, &str, &str); 12] = [
     (
         "accept",
         "+15005550001",
@@ -73,7 +73,23 @@ pub const CASES: [(&str, &str, &str, &str); 10] = [
         CALLER,
         "a chain of opening hours that never open: rejected by \"Opening hours\"",
     ),
+    (
+        "shadow_reject",
+        "+15005550010",
+        CALLER,
+        "a new gate rolled out in shadow mode says reject: recorded and counted, the call still connects",
+    ),
+    (
+        "fail_open",
+        "+15005550004",
+        CALLER,
+        "the dead gate again: two failures opened its circuit (the demo runs --breaker-failures 2), so the call connects at once, cause circuit_open",
+    ),
 ];
+
+/// Twilio retrying the reject call (`CASES[2]`, the same CallSid): the demo prints it after the
+/// cases, and the first decision is replayed without asking the gate again.
+const RETRIED: usize = 2;
 
 /// The caller of most demo calls, and one on the demo blocklist.
 const CALLER: &str = "+14155550100";
@@ -92,6 +108,8 @@ pub async fn run(
     let engine = bind(loopback).await?;
     let gates = bind(loopback).await?;
     let dead = bind(loopback).await?;
+    let receiver = bind(loopback).await?;
+    let receiver_addr = receiver.local_addr().expect("bound");
     let engine_addr = engine.local_addr().expect("bound");
     let gates_addr = gates.local_addr().expect("bound");
     // A port that was just free and is now closed: connections to it are refused.
@@ -99,8 +117,10 @@ pub async fn run(
     drop(dead);
     tokio::spawn(serve_forever(engine, demo_engine));
     tokio::spawn(serve_forever(gates, demo_gate));
+    tokio::spawn(serve_forever(receiver, demo_receiver));
 
     let routes = write_routes(gates_addr, dead_addr)?;
+    let state_dir = routes.parent().expect("the demo's directory").join("state");
     let listeners = Listeners::bind(listen, admin_listen)
         .await
         .map_err(|e| DemoError::Bind(format!("{listen} / {admin_listen}"), e))?;
@@ -108,7 +128,19 @@ pub async fn run(
         Settings::local(&format!("http://{engine_addr}"), routes).expect("the demo engine URL is valid");
     let (key_id, key_secret) = DEMO_KEY.split_once(':').expect("id:secret");
     let api_keys = vec![crate::settings::ApiKey::new(key_id, key_secret)];
-    let settings = Settings { listen, admin_listen, api_keys, ..settings };
+    let events_url = format!("http://{receiver_addr}/events").parse().expect("a loopback URL");
+    let settings = Settings {
+        listen,
+        admin_listen,
+        api_keys,
+        // Two failures open a gate's circuit, so the demo's dead gate shows it.
+        breaker_failures: 2,
+        breaker_cooldown: Duration::from_secs(300),
+        events_url: Some(crate::settings::EventsUrl(events_url)),
+        events_signing_secret: Some(crate::settings::Secret::new(EVENTS_SECRET)),
+        state_dir,
+        ..settings
+    };
     // A demo whose stdout has gone away (a closed pipe) keeps serving.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", instructions(listeners.public_addr(), listeners.admin_addr()));
@@ -159,6 +191,14 @@ pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
             i + 1
         ));
     }
+    let (_, to, from, _) = CASES[RETRIED];
+    out.push_str(&format!(
+        "\n# reject: Twilio retries the reject call above with the same CallSid (no answer in time, or a \
+         Fallback URL on another replica): the first decision is replayed, the gate is not asked again\n\
+         curl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
+         -d CallSid=CA{:032x} --data-urlencode From={from} --data-urlencode To={to}\n",
+        RETRIED + 1
+    ));
     let auth = format!("-H 'Authorization: Bearer {DEMO_KEY}'");
     out.push_str(&format!(
         "\n# the decision record of the enriched call above: why it was decided as it was\n\
@@ -168,7 +208,8 @@ pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
         2
     ));
     out.push_str(&format!(
-        "\n# metrics\ncurl -s http://{admin}/metrics | grep ^callgate_inbound_calls_total\n"
+        "\n# metrics: decisions, the replayed retry, the open circuit, the decision events delivered\n\
+         curl -s http://{admin}/metrics | grep -E '^callgate_(inbound_calls_total|dedup_total|circuits_open|events_total)'\n"
     ));
     out
 }
@@ -189,6 +230,7 @@ fn write_routes(gates: SocketAddr, dead: SocketAddr) -> Result<PathBuf, DemoErro
             "+15005550005": { "gate": { "url": format!("http://{dead}/precall"), "on_failure": "reject" } },
             "+15005550006": { "agent_id": "agent_demo", "gate": { "url": format!("http://{gates}/enrich") } },
             "+15005550009": { "agent_id": "agent_nogate" },
+            "+15005550010": { "gate": { "url": format!("http://{gates}/reject"), "mode": "shadow" } },
             "+15005550007": { "gate": { "check_set": "screening" } },
             "+15005550008": { "gate": { "checks": [
                 { "type": "schedule", "name": "Opening hours", "timezone": "Europe/London", "open": [] }
@@ -260,6 +302,38 @@ fn pushed_context(headers: &http::HeaderMap) -> String {
         })
         .collect();
     format!(" Caller context: {}.", quick_xml::escape::escape(fields.join(", ")))
+}
+
+/// Signs the demo's decision events; its receiver checks them with it.
+const EVENTS_SECRET: &str = "demo-events-secret";
+
+/// The demo's decision-event receiver: checks each event's `X-Callgate-Signature` and prints a
+/// line for it on stdout, then answers 200 (delivered).
+async fn demo_receiver(request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let signature =
+        request.headers().get("x-callgate-signature").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let signer =
+        crate::gate::Signer::new(EVENTS_SECRET.as_bytes(), HeaderName::from_static("x-callgate-signature"));
+    let verified = signature.as_deref().is_some_and(|header| {
+        let t =
+            header.strip_prefix("t=").and_then(|rest| rest.split(',').next()).and_then(|t| t.parse().ok());
+        t.is_some_and(|t| signer.sign(t, &body) == header)
+    });
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let field = |name: &str| event.get(name).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "# decision event delivered to the demo receiver ({}): {} {} decision={} cause={}",
+        if verified { "signature verified" } else { "SIGNATURE DID NOT VERIFY" },
+        field("event"),
+        field("call_id"),
+        field("decision"),
+        field("cause"),
+    );
+    let _ = stdout.flush();
+    Response::new(Full::new(Bytes::from_static(b"ok")))
 }
 
 /// The demo gates: `/accept`, `/reject`, `/enrich`, `/slow` (answers accept after 3 s), and

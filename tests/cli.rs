@@ -313,6 +313,9 @@ async fn the_demo_answers_every_line_it_prints() {
             "no_gate",
             "accept",
             "reject",
+            "reject",
+            "shadow_reject",
+            "fail_open",
             "reject"
         ]
     );
@@ -336,7 +339,13 @@ async fn the_demo_answers_every_line_it_prints() {
     let metrics_line = lines.iter().find(|l| l.contains("/metrics")).unwrap();
     let metrics_url = metrics_line.split_whitespace().find(|w| w.starts_with("http")).unwrap();
     let metrics = get(metrics_url).await.unwrap().text();
-    assert!(metrics.contains("callgate_inbound_calls_total{decision=\"fail_open\"} 2"), "{metrics}");
+    // The slow gate, the dead gate, and the dead gate again with its circuit open; replayed
+    // duplicates are not counted as calls of their own.
+    assert!(metrics.contains("callgate_inbound_calls_total{decision=\"fail_open\"} 3"), "{metrics}");
+    assert!(metrics.contains("callgate_inbound_calls_total{decision=\"shadow_reject\"} 1"), "{metrics}");
+    // The retried reject line, and this test's second post of the enriched call above.
+    assert!(metrics.contains("callgate_dedup_total{result=\"replayed\"} 2"), "{metrics}");
+    assert!(metrics.contains("callgate_circuits_open 1"), "{metrics}");
     child.kill().unwrap();
     child.wait().unwrap();
 }

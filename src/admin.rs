@@ -55,6 +55,8 @@ impl From<WriteError> for ApiError {
         let code = match e {
             WriteError::ReadOnly(_) => "read_only",
             WriteError::Unsaved(_) | WriteError::Stopped => "unsaved",
+            WriteError::StoreUnavailable => "store_unavailable",
+            WriteError::StoreEmpty => "store_empty",
         };
         ApiError {
             from_writer: true,

@@ -75,6 +75,8 @@ pub enum StartError {
     Routes(#[from] routes::writer::LoadError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("invalid --store: {0}")]
+    Store(#[from] routes::shared::StoreError),
 }
 
 /// Aborts a background task when dropped.
@@ -102,7 +104,13 @@ pub async fn run(
         _ => None,
     };
     let routes = Arc::new(RouteStore::new(RouteTable::empty()));
-    let (writer, loaded) = Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics);
+    let shared = match &settings.store {
+        settings::Store::File => None,
+        settings::Store::Redis(url) => Some(routes::shared::Redis::open(url, &settings.store_prefix)?),
+    };
+    let follower = shared.as_ref().map(routes::shared::Redis::follower);
+    let (writer, loaded) =
+        Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics, shared);
     let signer = settings
         .gate_signing_secret
         .as_ref()
@@ -132,7 +140,21 @@ pub async fn run(
         settings = ?app.settings,
         "listeners bound"
     );
-    match loaded.await {
+    // A replica of a shared store may wait for the store to answer before it has a table: a
+    // signal meanwhile is a clean stop.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let loaded = tokio::select! {
+        loaded = loaded => loaded,
+        () = &mut shutdown => {
+            tracing::info!("stopped before the routing table was in");
+            admin.stop().await;
+            if let Some(events) = &app.events {
+                events.stop().await;
+            }
+            return Ok(());
+        }
+    };
+    match loaded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             admin.stop().await;
@@ -144,7 +166,14 @@ pub async fn run(
         Err(_) => unreachable!("the writer reports its first load"),
     }
     app.table_loaded.send_replace(true);
-    let _watching = routes::watch::start(app.settings.routes.clone(), writer);
+    // File mode follows the routes file; a shared store's replica follows the store.
+    let _watching = match follower {
+        None => Some(routes::watch::start(app.settings.routes.clone(), writer)),
+        Some(_) => None,
+    };
+    let _following = follower.map(|(client, channel)| {
+        AbortOnDrop(tokio::spawn(routes::shared::follow(client, channel, app.writer.clone(), metrics)))
+    });
     tracing::info!(
         listen = %public,
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),

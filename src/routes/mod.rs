@@ -6,6 +6,7 @@ mod check;
 mod file;
 mod gate;
 mod shape;
+pub mod shared;
 pub mod store;
 pub mod watch;
 pub mod writer;

@@ -410,6 +410,9 @@ fn describe() {
         "callgate_store_up",
         "1 while the shared store (--store redis://) answers, else 0; always 1 with --store file."
     );
-    describe_counter!("callgate_store_errors_total", "Shared store operations that failed, by op: read, write, subscribe.");
+    describe_counter!(
+        "callgate_store_errors_total",
+        "Shared store operations that failed, by op: read, write, subscribe."
+    );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

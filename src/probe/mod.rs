@@ -248,8 +248,14 @@ pub async fn run(opts: &Options, progress: &Progress) -> Result<Report, ProbeErr
 
 /// One `call.inbound` request, the body callgate sends, read as callgate reads the answer.
 async fn ask(client: &GateClient, gate: &Gate, opts: &Options, call_id: &str) -> Answer {
-    let request =
-        GateRequest { event: "call.inbound", from: &opts.from, to: &opts.to, call_id, agent_id: None, test: false };
+    let request = GateRequest {
+        event: "call.inbound",
+        from: &opts.from,
+        to: &opts.to,
+        call_id,
+        agent_id: None,
+        test: false,
+    };
     Answer::of(client.check(gate, &request).await)
 }
 

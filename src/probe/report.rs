@@ -134,7 +134,9 @@ impl Report {
                 MAX_ANSWER_BYTES / 1024
             ),
             Cause::Overload => "too many requests were already waiting on the gate".into(),
-            Cause::CircuitOpen => "the gate's origin kept failing, so callgate stopped asking it for a while".into(),
+            Cause::CircuitOpen => {
+                "the gate's origin kept failing, so callgate stopped asking it for a while".into()
+            }
             Cause::Config => "the gate's configuration could not be used for the call".into(),
         }
     }
@@ -157,10 +159,8 @@ impl Report {
 
     /// The `--json` object.
     pub fn to_json(&self) -> serde_json::Value {
-        let fail_open: serde_json::Map<String, serde_json::Value> = Cause::ALL
-            .iter()
-            .map(|&c| (c.as_str().to_owned(), self.answers.fail_open(c).into()))
-            .collect();
+        let fail_open: serde_json::Map<String, serde_json::Value> =
+            Cause::ALL.iter().map(|&c| (c.as_str().to_owned(), self.answers.fail_open(c).into())).collect();
         json!({
             "verdict": self.verdict.as_str(),
             "reasons": self.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -412,7 +412,9 @@ impl Task {
                             "no routes file to serve meanwhile; not ready until the shared store answers"
                         );
                     }
-                    Err(source) => return Err(LoadError::Read { path: self.path.display().to_string(), source }),
+                    Err(source) => {
+                        return Err(LoadError::Read { path: self.path.display().to_string(), source })
+                    }
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -549,7 +551,10 @@ impl Task {
                 }
                 Ok(Written::Conflict) if tries < MAX_TRIES => continue,
                 Ok(Written::Conflict) => {
-                    tracing::error!(tries, "admin write not stored: other replicas kept writing first; nothing changed");
+                    tracing::error!(
+                        tries,
+                        "admin write not stored: other replicas kept writing first; nothing changed"
+                    );
                     break Err(WriteError::StoreUnavailable);
                 }
                 Err(e) => {

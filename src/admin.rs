@@ -2,6 +2,8 @@
 //! Writes go only through the routes writer; every answer is JSON, errors as
 //! `{"error":{"code":"...","message":"..."}}`.
 
+mod context;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,10 +26,11 @@ use crate::wire::ResBody;
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-/// A successful admin answer: a JSON value, or JSON already serialised.
+/// A successful admin answer: a JSON value, or JSON already serialised; `Accepted` is a 202.
 enum Answer {
     Json(Value),
     Raw(Bytes),
+    Accepted(Value),
 }
 
 impl From<Value> for Answer {
@@ -84,6 +87,7 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<ResBo
     match result {
         Ok(Answer::Json(body)) => json_response(StatusCode::OK, &body),
         Ok(Answer::Raw(body)) => text(StatusCode::OK, "application/json", body),
+        Ok(Answer::Accepted(body)) => json_response(StatusCode::ACCEPTED, &body),
         Err(e) => error(e.status, e.code, &e.message),
     }
 }
@@ -145,6 +149,34 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             Method::POST => test_call(app, &parts.headers, body).await,
             _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
         },
+        ["v1", "context"] => match *method {
+            Method::POST => {
+                let pushed = context::read_push(&parts.headers, body, app.settings.header_timeout).await;
+                let (agent_id, caller, fields) = pushed.inspect_err(|_| {
+                    app.metrics.record_context(crate::decide::context::ContextResult::Refused)
+                })?;
+                app.contexts.push(&agent_id, &caller, fields).await;
+                let expires_in_s = app.contexts.ttl().as_secs();
+                Ok(Answer::Accepted(json!({ "ok": true, "expires_in_s": expires_in_s })))
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
+        ["v1", "agents", id] => {
+            let agent_id = agent_id(id)?;
+            match *method {
+                Method::PUT => {
+                    let value = read_json(&parts.headers, body, app.settings.header_timeout).await?;
+                    let wait_ms = context::read_agent_settings(&value)?;
+                    app.writer.edit(Edit::AgentContextWait { agent_id: agent_id.clone(), wait_ms }).await?;
+                    Ok(json!({ "agent_id": agent_id, "context_wait_ms": wait_ms }).into())
+                }
+                Method::GET => {
+                    let wait_ms = app.routes.load().agent_context_wait_ms(&agent_id);
+                    Ok(json!({ "agent_id": agent_id, "context_wait_ms": wait_ms }).into())
+                }
+                _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use PUT or GET")),
+            }
+        }
         ["v1", "calls", call_sid] => match *method {
             Method::GET => {
                 let sid = decoded(call_sid).unwrap_or_default();
@@ -437,7 +469,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
-/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?}`, validated.
+/// A gate PUT body: `{"url": "https://...", "timeout_ms"?, "on_failure"?, "mode"?}`, validated.
 async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gate, ApiError> {
     let value = read_json(headers, body, app.settings.header_timeout).await?;
     let Value::Object(object) = &value else {
@@ -495,6 +527,7 @@ fn gate_answer(key: &str, id: &str, gate: &Gate) -> Value {
         answer["timeout_ms"] = json!(ms);
     }
     answer["on_failure"] = json!(gate.on_failure().as_str());
+    answer["mode"] = json!(gate.mode().as_str());
     answer
 }
 

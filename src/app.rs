@@ -12,6 +12,9 @@ use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
+use crate::decide::breaker::Breaker;
+use crate::decide::context::{ContextStore, MemoryContexts};
+use crate::decide::dedup::Dedup;
 use crate::decide::record::DecisionLog;
 use crate::decide::Stages;
 use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
@@ -103,6 +106,12 @@ pub struct App {
     pub metrics: &'static Metrics,
     /// The last `--decision-log-size` decided calls.
     pub decisions: DecisionLog,
+    /// One circuit per gate origin (`--breaker-failures`, `--breaker-cooldown`).
+    pub breaker: Breaker,
+    /// CallSids decided within `--dedup-window`.
+    pub dedup: Dedup,
+    /// Caller context pushed ahead of the call (`POST /v1/context`).
+    pub contexts: Arc<dyn ContextStore>,
     /// Checks `X-Twilio-Signature`; `None` with `--twilio-signature off`.
     pub verifier: Option<Verifier>,
     /// `--voice-path`s and `--signed-path`s in canonical form.
@@ -139,8 +148,13 @@ impl App {
         let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
         let voice_paths = canonical(&settings.voice_paths);
         let decisions = DecisionLog::start(settings.decision_log_size);
+        let contexts = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
         let signed_paths = canonical(&settings.signed_paths);
+        let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown, metrics);
+        let dedup = Dedup::new(settings.dedup_window);
         App {
+            breaker,
+            dedup,
             settings,
             routes,
             writer,
@@ -149,6 +163,7 @@ impl App {
             engine,
             metrics,
             decisions,
+            contexts,
             verifier,
             voice_paths,
             signed_paths,
@@ -182,7 +197,13 @@ impl App {
 
     /// What the decision core needs of the shared state.
     pub fn stages(&self) -> Stages<'_> {
-        Stages { routes: &self.routes, gate: &self.gate }
+        Stages {
+            routes: &self.routes,
+            gate: &self.gate,
+            breaker: &self.breaker,
+            dedup: &self.dedup,
+            contexts: &*self.contexts,
+        }
     }
 
     /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most

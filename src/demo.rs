@@ -1,5 +1,6 @@
 //! `callgate demo`: the real server on loopback with a built-in demo voice engine and demo gates
-//! (accept, reject, slow, dead), and one `curl` line printed per decision.
+//! (accept, enrich, reject, slow, dead), one `curl` line printed per decision and per admin
+//! feature, and a `callgate probe` of the slow and dead gates.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,15 +33,30 @@ pub enum DemoError {
     Start(#[from] StartError),
 }
 
+/// The admin API key the demo serves with (printed in its curl lines).
+pub const DEMO_KEY: &str = "demo:demo-secret";
+
 /// The demo numbers: each one shows one decision.
-pub const CASES: [(&str, &str, &str); 6] = [
-    ("accept", "+15005550001", "the agent's gate says accept: forwarded to the engine"),
+pub const CASES: [(&str, &str, &str); 7] = [
+    (
+        "accept",
+        "+15005550001",
+        "the agent's gate says accept: forwarded to the engine, with the caller context a CRM pushed just before",
+    ),
+    (
+        "accept",
+        "+15005550006",
+        "the gate accepts, picks agent_vip and hands the engine variables (X-Callgate-Agent-Id, X-Callgate-Context)",
+    ),
     ("reject", "+15005550002", "the number's own gate says reject: busy TwiML, the engine never hears of it"),
     ("fail_open", "+15005550003", "the gate is slower than its 1 s timeout: fails open, forwarded"),
     ("fail_open", "+15005550004", "the gate refuses connections: fails open, forwarded"),
     ("fail_closed", "+15005550005", "a compliance gate (on_failure: reject) is down: busy TwiML"),
     ("no_gate", "+15005550009", "a number with no gate: forwarded"),
 ];
+
+/// The context the demo pushes for its accept call (seed 003's "Call Transfer with Context").
+pub const PUSH: &str = r#"{"agentId":"agent_demo","phoneNumber":"+14155550100","customer_name":"Jane","issue":"billing_error","priority":"high"}"#;
 
 /// Runs the demo until `shutdown` completes.
 pub async fn run(
@@ -66,29 +82,67 @@ pub async fn run(
         .map_err(|e| DemoError::Bind(format!("{listen} / {admin_listen}"), e))?;
     let settings =
         Settings::local(&format!("http://{engine_addr}"), routes).expect("the demo engine URL is valid");
-    let settings = Settings { listen, admin_listen, ..settings };
+    let (key_id, key_secret) = DEMO_KEY.split_once(':').expect("id:secret");
+    let api_keys = vec![crate::settings::ApiKey::new(key_id, key_secret)];
+    let settings = Settings { listen, admin_listen, api_keys, ..settings };
     // A demo whose stdout has gone away (a closed pipe) keeps serving.
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", instructions(listeners.public_addr(), listeners.admin_addr()));
     let _ = stdout.flush();
     drop(stdout);
+    tokio::spawn(probe_demo_gates(gates_addr, dead_addr));
     crate::run(settings, listeners, shutdown).await?;
     Ok(())
+}
+
+/// Grades the demo's slow and dead gates with `callgate probe`, so a newcomer sees what a
+/// failing gate looks like before a caller meets it.
+async fn probe_demo_gates(gates: SocketAddr, dead: SocketAddr) {
+    for url in [format!("http://{gates}/slow"), format!("http://{dead}/precall")] {
+        let options = crate::probe::Options {
+            n: 3,
+            timeout: Duration::from_secs(1),
+            ..crate::probe::Options::new(&url)
+        };
+        let text = match crate::probe::run(&options, &crate::probe::Progress::default()).await {
+            Ok(report) => report.render_text(),
+            Err(e) => format!("probe could not run: {e}\n"),
+        };
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "\n# callgate probe {url} --n 3 --timeout 1s\n{}", text.trim_end());
+        let _ = stdout.flush();
+    }
 }
 
 /// The banner and one curl line per decision, for a server on `public`.
 pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
     let mut out = format!(
         "callgate demo: listening on http://{public} (admin http://{admin}); Ctrl-C stops it.\n\
-         Each command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
+         Each /twilio/voice command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
     );
     for (i, (decision, to, what)) in CASES.iter().enumerate() {
+        out.push_str(&format!("\n# {decision}: {what}\n"));
+        if i == 0 {
+            // The seed's transfer with context: pushed on the admin API, taken by the call.
+            out.push_str(&format!(
+                "curl -s http://{admin}/v1/context -H 'Authorization: Bearer {DEMO_KEY}' \
+                 -H 'Content-Type: application/json' -d '{PUSH}'\n"
+            ));
+        }
         out.push_str(&format!(
-            "\n# {decision}: {what}\ncurl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
+            "curl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
              -d CallSid=CA{:032x} --data-urlencode From=+14155550100 --data-urlencode To={to}\n",
             i + 1
         ));
     }
+    let auth = format!("-H 'Authorization: Bearer {DEMO_KEY}'");
+    out.push_str(&format!(
+        "\n# the decision record of the enriched call above: why it was decided as it was\n\
+         curl -s {auth} http://{admin}/v1/calls/CA{:032x}\n\
+         \n# a test call: decided through the real gate, nothing forwarded, kept or counted\n\
+         curl -s {auth} -H 'content-type: application/json' -d '{{\"to\":\"+15005550002\"}}' http://{admin}/v1/test-call\n",
+        2
+    ));
     out.push_str(&format!(
         "\n# metrics\ncurl -s http://{admin}/metrics | grep ^callgate_inbound_calls_total\n"
     ));
@@ -109,6 +163,7 @@ fn write_routes(gates: SocketAddr, dead: SocketAddr) -> Result<PathBuf, DemoErro
             "+15005550003": { "gate": { "url": format!("http://{gates}/slow"), "timeout_ms": 1000 } },
             "+15005550004": { "gate": { "url": format!("http://{dead}/precall") } },
             "+15005550005": { "gate": { "url": format!("http://{dead}/precall"), "on_failure": "reject" } },
+            "+15005550006": { "agent_id": "agent_demo", "gate": { "url": format!("http://{gates}/enrich") } },
             "+15005550009": { "agent_id": "agent_nogate" }
         }
     });
@@ -123,27 +178,61 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, DemoError> {
     TcpListener::bind(addr).await.map_err(|e| DemoError::Bind(addr.to_string(), e))
 }
 
-/// The demo voice engine: answers every request with TwiML naming callgate's decision.
+/// The demo voice engine: answers every request with TwiML naming callgate's decision, the
+/// agent and the decoded `X-Callgate-Context`.
 async fn demo_engine(request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let decision = request
-        .headers()
-        .get("x-callgate-decision")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("none")
-        .to_owned();
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let decision = header("x-callgate-decision").unwrap_or_else(|| "none".into());
+    let mut said = format!("callgate decision: {decision}.");
+    if let Some(agent) = header("x-callgate-agent-id") {
+        said.push_str(&format!(" Agent: {agent}."));
+    }
+    if let Some(context) = header("x-callgate-context") {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(context).unwrap_or_default();
+        let text = String::from_utf8_lossy(&decoded);
+        let escaped = quick_xml::escape::escape(text.as_ref());
+        said.push_str(&format!(" Context: {escaped}."));
+    }
+    said.push_str(&pushed_context(request.headers()));
     let twiml = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say>Connected by the demo voice engine. \
-         callgate decision: {decision}.</Say></Response>\n"
+         {said}</Say></Response>\n"
     );
     let mut response = Response::new(Full::new(Bytes::from(twiml)));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/xml"));
     response
 }
 
+/// The pushed caller context in `X-Callgate-Context`, as the demo engine says it: ` Caller
+/// context: name=value, ...` (XML-escaped), or nothing.
+fn pushed_context(headers: &http::HeaderMap) -> String {
+    use base64::Engine as _;
+    let Some(header) = headers.get("x-callgate-context").and_then(|v| v.to_str().ok()) else {
+        return String::new();
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return String::new();
+    };
+    let Ok(serde_json::Value::Object(carried)) = serde_json::from_slice(&json) else { return String::new() };
+    let Some(serde_json::Value::Object(context)) = carried.get("context") else { return String::new() };
+    let fields: Vec<String> = context
+        .iter()
+        .map(|(name, value)| match value {
+            serde_json::Value::String(s) => format!("{name}={s}"),
+            other => format!("{name}={other}"),
+        })
+        .collect();
+    format!(" Caller context: {}.", quick_xml::escape::escape(fields.join(", ")))
+}
+
 /// The demo gates: `/accept`, `/reject`, and `/slow` (answers accept after 3 s).
 async fn demo_gate(request: Request<Incoming>) -> Response<Full<Bytes>> {
     let body: &'static str = match request.uri().path() {
         "/reject" => r#"{"action":"reject","reason":"demo: out of credit"}"#,
+        "/enrich" => {
+            r#"{"call_inbound":{"override_agent_id":"agent_vip","dynamic_variables":{"customer_name":"Ada","tier":3},"metadata":{"crm_id":"C-1042"}}}"#
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             r#"{"action":"accept"}"#

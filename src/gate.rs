@@ -65,6 +65,16 @@ pub struct GateRequest<'a> {
     /// A test call (`POST /v1/test-call`): the gate may answer it without acting on it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub test: bool,
+    /// Caller context pushed for this call (SPEC §12); a check chain reads its placeholders here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A gate's answer and the HTTP status it came with (`None` when no answer head arrived).
+#[derive(Debug)]
+pub struct Asked {
+    pub decision: GateDecision,
+    pub status: Option<StatusCode>,
 }
 
 /// Signs gate requests: `t=UNIX_SECONDS,v1=HEX(HMAC-SHA256(secret, "UNIX_SECONDS." + body))`.
@@ -209,14 +219,20 @@ impl GateClient {
     /// As [`GateClient::check`], with the deadline `limit` (the caller has already cut the
     /// gate's own to what the call has left).
     pub async fn check_within(&self, gate: &Gate, call: &GateRequest<'_>, limit: Duration) -> GateDecision {
+        self.ask(gate, call, limit).await.decision
+    }
+
+    /// As [`GateClient::check_within`], with the status the gate answered (for the circuit
+    /// breaker, which counts a 5xx but not a 4xx).
+    pub async fn ask(&self, gate: &Gate, call: &GateRequest<'_>, limit: Duration) -> Asked {
         let Some((_permit, pool)) = self.admit(gate) else {
-            return GateDecision::Failure(Cause::Overload);
+            return Asked { decision: GateDecision::Failure(Cause::Overload), status: None };
         };
         let body = Bytes::from(serde_json::to_vec(call).expect("plain strings serialise"));
         let request = self.request(gate, body);
         match tokio::time::timeout(limit, self.exchange(pool, request)).await {
-            Ok(decision) => decision,
-            Err(_) => GateDecision::Failure(Cause::Timeout),
+            Ok(asked) => asked,
+            Err(_) => Asked { decision: GateDecision::Failure(Cause::Timeout), status: None },
         }
     }
 
@@ -265,21 +281,23 @@ impl GateClient {
         request
     }
 
-    async fn exchange(&self, pool: &HttpsClient, request: Request<Full<Bytes>>) -> GateDecision {
+    async fn exchange(&self, pool: &HttpsClient, request: Request<Full<Bytes>>) -> Asked {
         let response = match pool.request(request).await {
             Ok(r) => r,
-            Err(_) => return GateDecision::Failure(Cause::Connect),
+            Err(_) => return Asked { decision: GateDecision::Failure(Cause::Connect), status: None },
         };
-        if response.status() != StatusCode::OK {
-            return GateDecision::Failure(Cause::Status);
-        }
-        if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
-            return GateDecision::Failure(Cause::Malformed);
-        }
-        match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
-            Ok(body) => parse_answer(&body.to_bytes()),
-            Err(_) => GateDecision::Failure(Cause::Malformed),
-        }
+        let status = Some(response.status());
+        let decision = if response.status() != StatusCode::OK {
+            GateDecision::Failure(Cause::Status)
+        } else if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+            GateDecision::Failure(Cause::Malformed)
+        } else {
+            match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
+                Ok(body) => parse_answer(&body.to_bytes()),
+                Err(_) => GateDecision::Failure(Cause::Malformed),
+            }
+        };
+        Asked { decision, status }
     }
 }
 

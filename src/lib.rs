@@ -19,7 +19,9 @@
 //! - [`decide`]: **where a call's decision is made**: the call, its deadline, the typed
 //!   [`decide::Verdict`], and the one function that runs the stages in order;
 //!   [`decide::answer`] reads a gate's answer and its enrichment, [`decide::record`] keeps the
-//!   recent decision records.
+//!   recent decision records, [`decide::breaker`] keeps a circuit per gate origin,
+//!   [`decide::dedup`] the CallSids decided within the dedup window and [`decide::context`]
+//!   caller context pushed ahead of the call.
 //! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing.
 //! - [`engine`]: forwarding to the voice engine with callgate's typed stamp, header hygiene,
 //!   WebSocket relays.

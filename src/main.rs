@@ -156,6 +156,15 @@ fn check(args: &CheckArgs) -> ExitCode {
             {
                 println!("{}: warning: {warning}", args.routes.display());
             }
+            let waits = callgate::routes::context_wait_warnings(
+                &table,
+                args.gate_timeout,
+                args.upstream_timeout,
+                args.twilio_deadline,
+            );
+            for warning in waits {
+                println!("{}: warning: {warning}", args.routes.display());
+            }
             println!(
                 "{}: ok: {} agents, {} numbers",
                 args.routes.display(),

@@ -8,7 +8,9 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::decide::{Cause, Decision, Dropped, GateResult, Verdict};
+use crate::decide::breaker::CircuitState;
+use crate::decide::context::ContextResult;
+use crate::decide::{Cause, Decision, DedupResult, Dropped, GateResult, Verdict};
 
 /// Why the engine could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +126,12 @@ pub struct Metrics {
     gate_failures: [Counter; Cause::ALL.len()],
     enrichment_dropped: [Counter; Dropped::ALL.len()],
     deadline_cut: Counter,
+    dedup: [Counter; DedupResult::ALL.len()],
+    circuit_transitions: [Counter; CircuitState::ALL.len()],
+    circuits_open: Gauge,
+    shadow_calls: Counter,
+    context: [Counter; ContextResult::ALL.len()],
+    context_entries: Gauge,
     gate_duration: [Histogram; 3],
     request_duration: [Histogram; 2],
     overhead: Histogram,
@@ -175,6 +183,15 @@ impl Metrics {
             enrichment_dropped: Dropped::ALL
                 .map(|r| metrics::counter!("callgate_enrichment_dropped_total", "reason" => r.as_str())),
             deadline_cut: metrics::counter!("callgate_deadline_cut_total"),
+            dedup: DedupResult::ALL
+                .map(|r| metrics::counter!("callgate_dedup_total", "result" => r.as_str())),
+            circuit_transitions: CircuitState::ALL
+                .map(|to| metrics::counter!("callgate_circuit_transitions_total", "to" => to.as_str())),
+            circuits_open: metrics::gauge!("callgate_circuits_open"),
+            shadow_calls: metrics::counter!("callgate_shadow_calls_total"),
+            context: ContextResult::ALL
+                .map(|r| metrics::counter!("callgate_context_total", "result" => r.as_str())),
+            context_entries: metrics::gauge!("callgate_context_entries"),
             gate_duration: GateResult::ALL
                 .map(|r| metrics::histogram!("callgate_gate_duration_seconds", "result" => r.as_str())),
             request_duration: Route::ALL
@@ -216,6 +233,9 @@ impl Metrics {
             .chain(&m.upstream_errors)
             .chain(&m.events)
             .chain(&m.events_dropped)
+            .chain(&m.dedup)
+            .chain(&m.circuit_transitions)
+            .chain(&m.context)
             .chain(&m.store_errors)
         {
             c.increment(0);
@@ -223,6 +243,7 @@ impl Metrics {
         for c in [
             &m.signature_failures,
             &m.deadline_cut,
+            &m.shadow_calls,
             &m.reloads_ok,
             &m.reloads_error,
             &m.admin_writes_ok,
@@ -231,6 +252,8 @@ impl Metrics {
         ] {
             c.increment(0);
         }
+        m.circuits_open.set(0.0);
+        m.context_entries.set(0.0);
         m
     }
 
@@ -258,6 +281,34 @@ impl Metrics {
         for reason in verdict.dropped() {
             self.enrichment_dropped[reason as usize].increment(1);
         }
+        if verdict.shadow {
+            self.shadow_calls.increment(1);
+        }
+        if let Some(used) = verdict.context {
+            self.record_context(used.result());
+        }
+    }
+
+    /// A duplicate CallSid given the first decision (not counted as a decision of its own).
+    pub fn record_dedup(&self, result: DedupResult) {
+        self.dedup[result as usize].increment(1);
+    }
+
+    /// A gate circuit moved `to`; `open` circuits are now open or half-open.
+    pub fn record_circuit_transition(&self, to: CircuitState, open: usize) {
+        let i = CircuitState::ALL.iter().position(|s| *s == to).expect("every state is listed");
+        self.circuit_transitions[i].increment(1);
+        self.circuits_open.set(open as f64);
+    }
+
+    /// Pushed caller context stored, taken, waited for, missed, expired, evicted or refused.
+    pub fn record_context(&self, result: ContextResult) {
+        self.context[result as usize].increment(1);
+    }
+
+    /// Pushed contexts held now.
+    pub fn set_context_entries(&self, n: usize) {
+        self.context_entries.set(n as f64);
     }
 
     /// The engine's timeout was cut to fit `--twilio-deadline`.
@@ -358,6 +409,11 @@ fn describe() {
         "Calls whose engine timeout was cut to fit --twilio-deadline."
     );
     describe_counter!(
+        "callgate_context_total",
+        "Pushed caller context, by result: stored, hit (there at ring time), waited (arrived during the wait), miss (a wait that ended empty), expired, evicted (over --context-max-entries), refused (a bad push)."
+    );
+    describe_gauge!("callgate_context_entries", "Pushed caller contexts held now.");
+    describe_counter!(
         "callgate_gate_failures_total",
         "Gate exchanges that failed, by cause; each became a fail_open or fail_closed."
     );
@@ -383,6 +439,22 @@ fn describe() {
     describe_counter!(
         "callgate_twilio_signature_failures_total",
         "Requests whose X-Twilio-Signature did not validate."
+    );
+    describe_counter!(
+        "callgate_dedup_total",
+        "Duplicate CallSids given the first decision again, by how: replayed (decided within --dedup-window) or joined (waited for the first's gate answer)."
+    );
+    describe_counter!(
+        "callgate_circuit_transitions_total",
+        "Gate circuit breaker transitions, by the state entered (open, half_open, closed)."
+    );
+    describe_gauge!(
+        "callgate_circuits_open",
+        "Gate origins whose circuit is open or half-open: their calls are decided at once with cause circuit_open."
+    );
+    describe_counter!(
+        "callgate_shadow_calls_total",
+        "Inbound calls decided by a gate in shadow mode (the denominator for shadow_reject)."
     );
     describe_counter!("callgate_routes_reloads_total", "Routes file reloads, by result.");
     describe_gauge!("callgate_routes_entries", "Entries in the routing table in force, by kind.");

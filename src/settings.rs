@@ -113,6 +113,9 @@ pub struct CheckArgs {
     /// Engine timeout, added to each gate's timeout for the 15 s warning.
     #[arg(long, env = "CALLGATE_UPSTREAM_TIMEOUT", default_value = "9s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// The Twilio deadline, for the context-wait warning.
+    #[arg(long, env = "CALLGATE_TWILIO_DEADLINE", default_value = "14s", value_parser = parse_duration)]
+    pub twilio_deadline: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +246,21 @@ pub struct ServeArgs {
     /// Durable local state: the events outbox.
     #[arg(long, env = "CALLGATE_STATE_DIR", default_value = "callgate-state")]
     pub state_dir: PathBuf,
+    /// A CallSid seen again within it gets the same decision without a second gate request; 0 turns it off.
+    #[arg(long, env = "CALLGATE_DEDUP_WINDOW", default_value = "60s", value_parser = parse_duration_or_zero)]
+    pub dedup_window: Duration,
+    /// Consecutive timeout, connect or 5xx failures of one gate origin that open its circuit; 0 turns it off.
+    #[arg(long, env = "CALLGATE_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(..=1_000_000))]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one call probes it.
+    #[arg(long, env = "CALLGATE_BREAKER_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// How long pushed caller context waits for its call.
+    #[arg(long, env = "CALLGATE_CONTEXT_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub context_ttl: Duration,
+    /// Pushed contexts held at once; beyond it the oldest go first.
+    #[arg(long, env = "CALLGATE_CONTEXT_MAX_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub context_max_entries: u32,
     /// Where the table lives: file (the routes file) or redis://[:password@]host[:port][/db].
     #[arg(long, env = "CALLGATE_STORE", hide_env_values = true, default_value = "file", value_parser = parse_store)]
     pub store: Store,
@@ -446,6 +464,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// A duration where `0` means off.
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 60s, or 0 for off)"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d =
         humantime::parse_duration(s).map_err(|e| format!("{e} (write a duration such as 5s or 500ms)"))?;
@@ -526,6 +552,13 @@ pub struct Settings {
     /// shorten it.
     pub events_attempt_timeout: Duration,
     pub state_dir: PathBuf,
+    /// Zero: off.
+    pub dedup_window: Duration,
+    /// Zero: off.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub context_ttl: Duration,
+    pub context_max_entries: usize,
     /// `--store`: the routes file, or a shared Redis.
     pub store: Store,
     pub store_prefix: String,
@@ -620,6 +653,11 @@ impl Settings {
             events_max_pending: args.events_max_pending,
             events_attempt_timeout: Duration::from_secs(10),
             state_dir: args.state_dir,
+            dedup_window: args.dedup_window,
+            breaker_failures: args.breaker_failures,
+            breaker_cooldown: args.breaker_cooldown,
+            context_ttl: args.context_ttl,
+            context_max_entries: args.context_max_entries as usize,
             store: args.store,
             store_prefix: args.store_prefix,
         })

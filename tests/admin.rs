@@ -30,7 +30,7 @@ async fn an_agent_gate_round_trips_and_takes_effect_for_the_next_call() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"agent_id": "agent_a", "precall_webhook_url": url, "is_set": true, "on_failure": "accept"})
+        json!({"agent_id": "agent_a", "precall_webhook_url": url, "is_set": true, "on_failure": "accept", "mode": "enforce"})
     );
     let (status, body) =
         cg.admin("PUT", "/v1/numbers/%2B447700900123", Some(json!({"agent_id": "agent_a"}))).await;
@@ -77,7 +77,7 @@ async fn a_number_gate_round_trips_with_plus_and_percent_2b() {
     assert_eq!(
         answer,
         json!({"phone_number": "+447700900124", "precall_webhook_url": "https://gate.example/special",
-               "is_set": true, "timeout_ms": 2000, "on_failure": "reject"})
+               "is_set": true, "timeout_ms": 2000, "on_failure": "reject", "mode": "enforce"})
     );
     let (_, got) = cg.admin("GET", "/v1/integrations/precall/number/%2B447700900124", None).await;
     assert_eq!(got["precall_webhook_url"], "https://gate.example/special");

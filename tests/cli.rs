@@ -251,9 +251,24 @@ async fn the_demo_answers_every_line_it_prints() {
 
     let mut expected = None;
     let mut decided = Vec::new();
+    let mut pushed = false;
+    let mut engine_saw_context = 0;
     for line in &lines {
         if let Some(comment) = line.strip_prefix("# ") {
             expected = comment.split(':').next().map(str::to_owned);
+        } else if line.starts_with("curl") && line.contains("/v1/context") {
+            // The pushed context: the next call from that caller to that agent takes it.
+            let url = line.split_whitespace().find(|w| w.starts_with("http")).unwrap();
+            let auth = line.split('\'').nth(1).unwrap();
+            let body = line.rsplit("-d '").next().unwrap().trim_end().trim_end_matches('\'');
+            let request = http::Request::post(url)
+                .header(auth.split_once(": ").unwrap().0, auth.split_once(": ").unwrap().1)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
+                .unwrap();
+            let answer = send(request).await.unwrap();
+            assert_eq!(answer.status, 202, "{line}: {}", answer.text());
+            pushed = true;
         } else if line.starts_with("curl") && line.contains("/twilio/voice") {
             let (url, form) = parse_curl(line);
             let answer =
@@ -272,10 +287,36 @@ async fn the_demo_answers_every_line_it_prints() {
                     answer.text()
                 ),
             }
+            if std::mem::take(&mut pushed) {
+                assert!(
+                    answer
+                        .text()
+                        .contains("Caller context: customer_name=Jane, issue=billing_error, priority=high."),
+                    "the engine received the pushed context: {}",
+                    answer.text()
+                );
+                engine_saw_context += 1;
+            }
             decided.push(expected);
         }
     }
-    assert_eq!(decided, ["accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    assert_eq!(decided, ["accept", "accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    assert_eq!(engine_saw_context, 1, "the demo pushes a context for its first call");
+    let enriched = lines.iter().position(|l| l.contains("To=+15005550006")).expect("the enriched call");
+    let (url, form) = parse_curl(&lines[enriched]);
+    let answer = post_form(&url, &form).await.text();
+    assert!(answer.contains("Agent: agent_vip.") && answer.contains("customer_name"), "{answer}");
+    // The admin lines carry the demo's key and answer.
+    let record = lines.iter().find(|l| l.contains("/v1/calls/")).expect("a decision record line");
+    let record_url = record.split_whitespace().find(|w| w.starts_with("http")).unwrap();
+    let auth = callgate::demo::DEMO_KEY;
+    let request = http::Request::get(record_url)
+        .header("authorization", format!("Bearer {auth}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let answer = send(request).await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.text().contains("\"override_agent_id\":\"agent_vip\""), "{}", answer.text());
 
     let metrics_line = lines.iter().find(|l| l.contains("/metrics")).unwrap();
     let metrics_url = metrics_line.split_whitespace().find(|w| w.starts_with("http")).unwrap();

@@ -31,6 +31,8 @@ pub fn locate_binary(explicit: Option<&Path>) -> PathBuf {
 pub struct Features {
     pub signatures: bool,
     pub signed_paths: bool,
+    /// `--dedup-window` and `--breaker-failures` exist (both are turned off for the bench).
+    pub resilience: bool,
 }
 
 impl Features {
@@ -40,6 +42,7 @@ impl Features {
         Features {
             signatures: help.contains("--twilio-auth-token") && help.contains("--public-url"),
             signed_paths: help.contains("--signed-path"),
+            resilience: help.contains("--dedup-window") && help.contains("--breaker-failures"),
         }
     }
 }
@@ -73,6 +76,12 @@ impl Callgate {
         }
         if features.signed_paths {
             command.args(["--signed-path", "/twilio/status"]);
+        }
+        if features.resilience {
+            // Every bench call carries the fixture's one CallSid: with dedup on, all but the
+            // first would be replays; and the dead-gate run measures the gate's timeout path,
+            // which an open circuit would skip. Both off keeps runs comparable with earlier ones.
+            command.args(["--dedup-window", "0", "--breaker-failures", "0"]);
         }
         let mut child = command.spawn().expect("callgate starts");
         let Some((public, admin)) = wait_for_addresses(&log) else {

@@ -33,12 +33,18 @@ import yaml
 EXPORTED = {
     "callgate_inbound_calls_total": (
         "counter",
-        {"decision": {"accept", "reject", "fail_open", "fail_closed", "no_gate"}},
+        {"decision": {"accept", "reject", "fail_open", "fail_closed", "no_gate", "shadow_reject"}},
     ),
     "callgate_gate_failures_total": (
         "counter",
-        {"cause": {"timeout", "connect", "status", "malformed", "overload"}},
+        {"cause": {"timeout", "connect", "status", "malformed", "overload", "circuit_open", "config"}},
     ),
+    "callgate_enrichment_dropped_total": ("counter", {"reason": {"invalid", "too_large"}}),
+    "callgate_deadline_cut_total": ("counter", {}),
+    "callgate_dedup_total": ("counter", {"result": {"replayed", "joined"}}),
+    "callgate_circuit_transitions_total": ("counter", {"to": {"open", "half_open", "closed"}}),
+    "callgate_circuits_open": ("gauge", {}),
+    "callgate_shadow_calls_total": ("counter", {}),
     "callgate_gate_duration_seconds": ("histogram", {"result": {"accept", "reject", "failure"}}),
     "callgate_request_duration_seconds": ("histogram", {"route": {"voice", "proxy"}}),
     "callgate_overhead_seconds": ("histogram", {}),

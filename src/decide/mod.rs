@@ -2,13 +2,19 @@
 //! ([`Call`]), its [`Deadline`], the typed [`Verdict`], and [`decide`], which runs the stages in
 //! order and returns the verdict:
 //!
-//! resolve the gate (one routes snapshot) → ask it within what the deadline leaves → settle the
-//! answer by the gate's `on_failure` → seal what the engine is handed (`X-Callgate-Context`).
+//! resolve the gate (one routes snapshot) → dedup (a CallSid already decided, or being decided,
+//! gets that decision) → take pushed caller context, waiting for it up to the agent's
+//! `context_wait_ms` → the breaker (an open circuit decides at once) → ask the gate within what
+//! the deadline leaves → settle the answer by the gate's `on_failure` → the gate's `mode` (shadow
+//! never blocks) → seal what the engine is handed (`X-Callgate-Context`).
 //!
 //! Nothing here speaks HTTP to Twilio or the engine, records metrics or logs: the webhook does
 //! that, from the verdict, in one place.
 
 pub mod answer;
+pub mod breaker;
+pub mod context;
+pub mod dedup;
 pub mod record;
 pub mod verdict;
 
@@ -16,11 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use answer::GateDecision;
-pub use verdict::{Cause, Decision, Dropped, Enrichment, GateResult, GateRun, Verdict};
+pub use verdict::{Cause, Decision, DedupResult, Dropped, Enrichment, GateResult, GateRun, Verdict};
+
+use breaker::{Breaker, Outcome};
+use dedup::{Claim, Dedup};
 
 use crate::gate::{GateClient, GateRequest};
 use crate::routes::store::RouteStore;
-use crate::routes::{Gate, OnFailure, Source};
+use crate::routes::{Gate, Mode, OnFailure, Source};
+use context::{ContextStore, ContextUse, Fields, Lookup};
 
 /// An inbound ringing call, as the webhook parsed it. Missing `From` and `CallSid` are `""`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,22 +70,78 @@ impl Deadline {
     }
 }
 
-/// What the stages need: the table and the gate client (and, as they come, the breaker, the
-/// dedup cache and pushed context).
+/// What the stages need: the table, the gate client, the breaker, the dedup cache and pushed
+/// caller context.
 pub struct Stages<'a> {
     pub routes: &'a RouteStore,
     pub gate: &'a GateClient,
+    pub breaker: &'a Breaker,
+    pub dedup: &'a Dedup,
+    pub contexts: &'a dyn ContextStore,
 }
 
 /// Decides `call`: every stage in order, each able to end the call's decision early.
 pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
-    let (gate, source, number_agent_id) = resolve(stages.routes, &call.to);
+    let (gate, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
     let Some(gate) = gate else {
+        // No gate to ask, but pushed context still reaches the engine.
+        let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
         let mut verdict = Verdict::without_gate(source, number_agent_id);
+        taken.apply(&mut verdict);
         verdict.seal();
         return verdict;
     };
-    let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
+    let lead = match stages.dedup.claim(call).await {
+        Claim::Untracked => None,
+        Claim::Lead(lead) => Some(lead),
+        Claim::Replay(first) => return again(&first, DedupResult::Replayed, Duration::ZERO),
+        Claim::Join(follow) => {
+            let started = Instant::now();
+            match follow.wait(deadline.remaining()).await {
+                Some(first) => return again(&first, DedupResult::Joined, started.elapsed()),
+                // The first went away undecided: decide this one.
+                None => None,
+            }
+        }
+    };
+    // After dedup, so that a duplicate never takes a second context.
+    let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
+    let verdict = ask(stages, call, deadline, &gate, source, number_agent_id, taken).await;
+    if let Some(lead) = lead {
+        lead.settle(&verdict);
+    }
+    verdict
+}
+
+/// A duplicate's copy of the first decision; `waited` is the time spent waiting for it.
+fn again(first: &Verdict, how: DedupResult, waited: Duration) -> Verdict {
+    let mut verdict = first.clone();
+    verdict.dedup = Some(how);
+    verdict.gate =
+        first.gate.filter(|_| how == DedupResult::Joined).map(|run| GateRun { elapsed: waited, ..run });
+    verdict
+}
+
+/// The breaker, then the gate, then the decision table and the gate's mode.
+async fn ask(
+    stages: &Stages<'_>,
+    call: &Call,
+    deadline: Deadline,
+    gate: &Gate,
+    source: Source,
+    number_agent_id: Option<Arc<str>>,
+    taken: Taken,
+) -> Verdict {
+    let Ok(ticket) = stages.breaker.admit(gate.origin()) else {
+        // Not asked: decided at once, with no gate time to count.
+        let mut verdict =
+            settle(GateDecision::Failure(Cause::CircuitOpen), gate.on_failure(), source, number_agent_id);
+        verdict.gate = None;
+        taken.apply(&mut verdict);
+        return finish(verdict, gate);
+    };
+    // After the context wait: the gate gets what the deadline has left.
+    let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
     let request = GateRequest {
         event: "call.inbound",
         from: &call.from,
@@ -83,25 +149,86 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
         call_id: &call.call_id,
         agent_id: number_agent_id.as_deref(),
         test: call.test,
+        context: taken.fields.as_deref(),
     };
     let started = Instant::now();
-    let answer = stages.gate.check_within(&gate, &request, limit).await;
+    let asked = stages.gate.ask(gate, &request, limit).await;
     let elapsed = started.elapsed();
-    let mut verdict = settle(answer, gate.on_failure(), source, number_agent_id);
+    ticket.report(Outcome::of(&asked.decision, asked.status));
+    let mut verdict = settle(asked.decision, gate.on_failure(), source, number_agent_id);
     if let Some(run) = &mut verdict.gate {
         run.elapsed = elapsed;
     }
+    taken.apply(&mut verdict);
+    finish(verdict, gate)
+}
+
+/// What every asked gate's verdict ends with: the gate's name, its mode, the sealed header.
+fn finish(mut verdict: Verdict, gate: &Gate) -> Verdict {
     verdict.gate_display = Some(gate.display().into());
+    if gate.mode() == Mode::Shadow {
+        shadow(&mut verdict);
+    }
     verdict.seal();
     verdict
 }
 
-/// Resolves `to` in one snapshot of the table, taking out only what the call needs, so that no
-/// snapshot is held across the gate's wait.
-fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>) {
+/// A shadow gate's verdict: never blocks (`shadow_reject` where it would have), and its
+/// enrichment is recorded but not forwarded.
+pub fn shadow(verdict: &mut Verdict) {
+    verdict.shadow = true;
+    verdict.forward_enrichment = false;
+    if verdict.decision.blocks() {
+        verdict.decision = Decision::ShadowReject;
+    }
+}
+
+/// Pushed caller context as the call came by it.
+struct Taken {
+    context: Option<ContextUse>,
+    fields: Option<Arc<Fields>>,
+    waited: Duration,
+}
+
+impl Taken {
+    fn apply(self, verdict: &mut Verdict) {
+        verdict.context = self.context;
+        verdict.pushed_context = self.fields;
+        verdict.context_waited = self.waited;
+    }
+}
+
+/// The context stage (SPEC §12): the context pushed for this caller and the number's agent,
+/// taken at once or waited for up to the agent's `context_wait_ms`, cut to the deadline. A test
+/// call leaves pushed context alone; a caller that is not an E.164 number (anonymous, `sip:`)
+/// can have none pushed, so it never waits.
+async fn take_context(
+    stages: &Stages<'_>,
+    call: &Call,
+    agent_id: Option<&str>,
+    wait_ms: u32,
+    deadline: Deadline,
+) -> Taken {
+    let started = Instant::now();
+    let lookup = match agent_id {
+        Some(agent_id) if !call.test && crate::routes::is_e164(&call.from) => {
+            let (wait, _) = deadline.cap(Duration::from_millis(u64::from(wait_ms)));
+            stages.contexts.take(agent_id, &call.from, wait).await
+        }
+        _ => Lookup::Absent,
+    };
+    let context = lookup.context_use();
+    Taken { context, fields: lookup.into_fields().map(Arc::new), waited: started.elapsed() }
+}
+
+/// Resolves `to` in one snapshot of the table, taking out only what the call needs (its gate,
+/// where the gate came from, the number's agent and that agent's `context_wait_ms`), so that no
+/// snapshot is held across a wait.
+fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>, u32) {
     let table = routes.load();
     let resolution = table.resolve(to);
-    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned())
+    let wait = resolution.agent_id.map_or(0, |id| table.agent_context_wait_ms(id));
+    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned(), wait)
 }
 
 /// The decision table: what a gate's answer comes to under its `on_failure`. Pure; the gate's
@@ -180,6 +307,27 @@ mod tests {
         assert_eq!(v.agent_id(), Some("agent_vip"));
         assert_eq!(v.override_agent_id(), Some("agent_vip"));
         assert_eq!(v.number_agent_id.as_deref(), Some("agent_a"));
+    }
+
+    #[test]
+    fn a_shadow_gate_never_blocks_and_forwards_no_enrichment() {
+        let reject = || GateDecision::Reject { reason: Some("no credit".into()) };
+        let mut v = settle(reject(), OnFailure::Accept, Source::Number, None);
+        shadow(&mut v);
+        assert_eq!((v.decision, v.reason.as_deref()), (Decision::ShadowReject, Some("no credit")));
+        let mut v = settle(GateDecision::Failure(Cause::Timeout), OnFailure::Reject, Source::Number, None);
+        shadow(&mut v);
+        assert_eq!((v.decision, v.cause), (Decision::ShadowReject, Some(Cause::Timeout)));
+        let mut v = settle(GateDecision::Failure(Cause::Timeout), OnFailure::Accept, Source::Number, None);
+        shadow(&mut v);
+        assert_eq!(v.decision, Decision::FailOpen);
+        let enrichment = Enrichment { agent_id: Some("agent_vip".into()), ..Enrichment::default() };
+        let mut v =
+            settle(GateDecision::Accept(enrichment), OnFailure::Accept, Source::Number, Some("a".into()));
+        shadow(&mut v);
+        v.seal();
+        assert_eq!((v.decision, v.agent_id(), v.shadow), (Decision::Accept, Some("a"), true));
+        assert_eq!(v.enrichment.agent_id.as_deref(), Some("agent_vip"), "recorded");
     }
 
     #[test]

@@ -56,8 +56,8 @@ impl Record {
             reason: verdict.reason.clone(),
             gate_ms: verdict.gate_ms(),
             checks: None,
-            context: None,
-            dedup: None,
+            context: verdict.context.map(|c| c.as_str()),
+            dedup: verdict.dedup.map(|d| d.as_str()),
             at: humantime::format_rfc3339_millis(at).to_string(),
         }
     }

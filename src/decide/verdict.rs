@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use serde_json::{Map, Value};
 
+use super::context::{ContextUse, Fields};
 use crate::routes::Source;
 
 /// What became of an inbound ringing call: the `decision` label, the log line, the record.
@@ -110,6 +111,26 @@ impl GateResult {
             GateResult::Accept => "accept",
             GateResult::Reject => "reject",
             GateResult::Failure => "failure",
+        }
+    }
+}
+
+/// How a duplicate CallSid got its decision (`callgate_dedup_total`, SPEC §13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DedupResult {
+    /// Decided within the window: the first decision again.
+    Replayed,
+    /// Arrived while the first was with the gate, and waited for its decision.
+    Joined,
+}
+
+impl DedupResult {
+    pub const ALL: [DedupResult; 2] = [DedupResult::Replayed, DedupResult::Joined];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DedupResult::Replayed => "replayed",
+            DedupResult::Joined => "joined",
         }
     }
 }
@@ -227,6 +248,18 @@ pub struct Verdict {
     pub context_too_large: bool,
     /// Whether the enrichment is forwarded (not for a shadow gate).
     pub forward_enrichment: bool,
+    /// Set when this is a duplicate CallSid's copy of the first decision: it is not counted or
+    /// recorded as a decision of its own.
+    pub dedup: Option<DedupResult>,
+    /// The gate was in shadow mode: its decision was observed, not enforced.
+    pub shadow: bool,
+    /// How the call came by pushed caller context (SPEC §12): hit, waited or miss.
+    pub context: Option<ContextUse>,
+    /// The pushed context the call took: for the gate request, check placeholders and the
+    /// engine. Never logged or recorded.
+    pub pushed_context: Option<Arc<Fields>>,
+    /// How long the call waited for pushed context (a wait on others, not callgate's overhead).
+    pub context_waited: Duration,
 }
 
 impl Verdict {
@@ -244,6 +277,11 @@ impl Verdict {
             context_header: None,
             context_too_large: false,
             forward_enrichment: true,
+            dedup: None,
+            shadow: false,
+            context: None,
+            pushed_context: None,
+            context_waited: Duration::ZERO,
         }
     }
 
@@ -264,21 +302,23 @@ impl Verdict {
     }
 
     /// Builds `X-Callgate-Context` (SPEC §10): unpadded base64url of a compact JSON object with
-    /// the call's `dynamic_variables`, `metadata` (and, as they come, `context` and `checks`),
-    /// plus `agent_id` when known; only when there is one of those to carry, and at most
-    /// [`MAX_CONTEXT_HEADER`] long.
+    /// the call's `dynamic_variables`, `metadata` (a shadow gate's are not forwarded), pushed
+    /// `context` (and, as they come, `checks`), plus `agent_id` when known; only when there is
+    /// one of those to carry, and at most [`MAX_CONTEXT_HEADER`] long.
     pub fn seal(&mut self) {
         self.context_header = None;
         self.context_too_large = false;
-        if !self.forward_enrichment {
-            return;
-        }
         let mut carried = Map::new();
-        if let Some(vars) = &self.enrichment.dynamic_variables {
-            carried.insert("dynamic_variables".into(), Value::Object(vars.clone()));
+        if self.forward_enrichment {
+            if let Some(vars) = &self.enrichment.dynamic_variables {
+                carried.insert("dynamic_variables".into(), Value::Object(vars.clone()));
+            }
+            if let Some(metadata) = &self.enrichment.metadata {
+                carried.insert("metadata".into(), Value::Object(metadata.clone()));
+            }
         }
-        if let Some(metadata) = &self.enrichment.metadata {
-            carried.insert("metadata".into(), Value::Object(metadata.clone()));
+        if let Some(context) = &self.pushed_context {
+            carried.insert("context".into(), Value::Object(Fields::clone(context)));
         }
         if carried.is_empty() {
             return;
@@ -358,5 +398,13 @@ mod tests {
         v.seal();
         assert!(v.context_header.is_none() && !v.context_too_large);
         assert_eq!(v.agent_id(), Some("agent_a"), "a shadow gate's override is not used");
+
+        // Pushed context is the caller's, not the gate's: carried whatever the gate's mode.
+        v.pushed_context = Some(Arc::new(json!({"customer_name": "Jane"}).as_object().unwrap().clone()));
+        v.seal();
+        let header = v.context_header.as_ref().unwrap().to_str().unwrap();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
+        let value: Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value, json!({"agent_id": "agent_a", "context": {"customer_name": "Jane"}}));
     }
 }

@@ -255,6 +255,7 @@ async fn ask(client: &GateClient, gate: &Gate, opts: &Options, call_id: &str) ->
         call_id,
         agent_id: None,
         test: false,
+        context: None,
     };
     Answer::of(client.check(gate, &request).await)
 }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::shape::{Fields, Name, Object, Scalar};
 use super::{
-    validate_agent_id, Agent, Gate, GateError, NumberEntry, NumberKey, OnFailure, RouteTable, RoutesError,
-    ValidateOptions, NOT_AGENT_ID, NOT_E164,
+    validate_agent_id, Agent, Gate, GateError, Mode, NumberEntry, NumberKey, OnFailure, RouteTable,
+    RoutesError, ValidateOptions, BAD_CONTEXT_WAIT, MAX_CONTEXT_WAIT_MS, NOT_AGENT_ID, NOT_E164,
 };
 
 /// A gate as written in the routes file (and in an admin API body), before validation. It
@@ -28,6 +28,9 @@ pub struct GateSpec<'a> {
     /// Kept as a string so that a bad value is a reported problem, not a parse failure.
     #[serde(default, borrow, deserialize_with = "opt_str")]
     pub on_failure: Option<Cow<'a, str>>,
+    /// `enforce` or `shadow`, kept as a string like `on_failure`.
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub mode: Option<Cow<'a, str>>,
 }
 
 impl GateSpec<'_> {
@@ -36,16 +39,22 @@ impl GateSpec<'_> {
         let url = super::check_url(&self.url, opts);
         let timeout_ms = self.timeout_ms.map(super::check_timeout).transpose();
         let on_failure = self.on_failure.as_deref().map(str::parse::<OnFailure>).transpose();
-        match (url, timeout_ms, on_failure) {
-            (Ok((uri, display)), Ok(timeout_ms), Ok(on_failure)) => Ok(Gate {
+        let mode = self.mode.as_deref().map(str::parse::<Mode>).transpose();
+        match (url, timeout_ms, on_failure, mode) {
+            (Ok((uri, display, origin)), Ok(timeout_ms), Ok(on_failure), Ok(mode)) => Ok(Gate {
                 url: self.url.as_ref().into(),
                 uri,
                 display,
                 timeout_ms,
                 on_failure: on_failure.unwrap_or_default(),
+                mode: mode.unwrap_or_default(),
+                origin,
             }),
-            (url, timeout_ms, on_failure) => {
-                Err([url.err(), timeout_ms.err(), on_failure.err()].into_iter().flatten().collect())
+            (url, timeout_ms, on_failure, mode) => {
+                Err([url.err(), timeout_ms.err(), on_failure.err(), mode.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect())
             }
         }
     }
@@ -268,12 +277,12 @@ impl<'de> Fields<'de> for AgentsFields<'_, '_> {
             if !valid {
                 l.problem(format_args!("{at}: {NOT_AGENT_ID}"));
             }
-            let AgentFields { gate, .. } =
-                map.next_value_seed(Object(AgentFields { l: &mut *l, at, gate: None, seen_gate: false }))?;
+            let fields = AgentFields { l: &mut *l, at, gate: None, context_wait_ms: 0, seen: [false; 2] };
+            let AgentFields { gate, context_wait_ms, .. } = map.next_value_seed(Object(fields))?;
             let gate = gate.and_then(|spec| l.gate(spec, at));
             if valid {
                 let id = l.intern(&key);
-                l.agents.insert(id, Agent { gate });
+                l.agents.insert(id, Agent { gate, context_wait_ms });
             }
         }
         Ok(())
@@ -286,26 +295,49 @@ impl<'de> Fields<'de> for AgentsFields<'_, '_> {
     }
 }
 
-/// One agent: `{"gate": ...}`.
+/// One agent: `{"gate": ..., "context_wait_ms": ...}`.
 struct AgentFields<'l, 'o, 'k, 'de> {
     l: &'l mut Loader<'o>,
     at: Entry<'k>,
     gate: Option<GateSpec<'de>>,
-    seen_gate: bool,
+    context_wait_ms: u32,
+    /// `gate`, `context_wait_ms`.
+    seen: [bool; 2],
 }
 
 impl<'de> Fields<'de> for AgentFields<'_, '_, '_, 'de> {
     fn entries<A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
         let at = self.at;
         while let Some(Str(field)) = map.next_key::<Str<'de>>()? {
-            if field != "gate" {
-                self.l.problem(format_args!("{at}: unknown field {}, expected `gate`", Name(&field)));
+            let Some(i) = ["gate", "context_wait_ms"].iter().position(|f| *f == field) else {
+                let name = Name(&field);
+                self.l.problem(format_args!(
+                    "{at}: unknown field {name}, expected `gate` or `context_wait_ms`"
+                ));
                 map.next_value::<IgnoredAny>()?;
-            } else if std::mem::replace(&mut self.seen_gate, true) {
-                self.l.problem(format_args!("{at}: duplicate field `gate`"));
+                continue;
+            };
+            if std::mem::replace(&mut self.seen[i], true) {
+                self.l.problem(format_args!("{at}: duplicate field `{field}`"));
                 map.next_value::<IgnoredAny>()?;
-            } else {
+            } else if i == 0 {
                 self.gate = map.next_value_seed(Object(GateFields::new(&mut *self.l, at)))?.spec();
+            } else {
+                match map.next_value::<Scalar<'de>>()? {
+                    Scalar::Int(ms) if ms <= u64::from(MAX_CONTEXT_WAIT_MS) => {
+                        self.context_wait_ms = ms as u32
+                    }
+                    Scalar::Int(ms) => {
+                        self.l.problem(format_args!("{at}.context_wait_ms: {BAD_CONTEXT_WAIT} (got {ms})"))
+                    }
+                    Scalar::Null => {}
+                    other => {
+                        let kind = other.kind();
+                        self.l.problem(format_args!(
+                            "{at}.context_wait_ms: invalid type: {kind}, expected an integer (0 to 5000)"
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -418,7 +450,7 @@ impl<'de> Fields<'de> for NumberFields<'_, '_, '_, 'de> {
     }
 }
 
-/// A gate: `{"url": ..., "timeout_ms": ..., "on_failure": ...}`; `null` is no gate.
+/// A gate: `{"url": ..., "timeout_ms": ..., "on_failure": ..., "mode": ...}`; `null` is no gate.
 struct GateFields<'l, 'o, 'k, 'de> {
     l: &'l mut Loader<'o>,
     at: Entry<'k>,
@@ -427,15 +459,25 @@ struct GateFields<'l, 'o, 'k, 'de> {
     url: Option<Cow<'de, str>>,
     timeout_ms: Option<u64>,
     on_failure: Option<Cow<'de, str>>,
-    /// `url`, `timeout_ms`, `on_failure`.
-    seen: [bool; 3],
+    mode: Option<Cow<'de, str>>,
+    /// `url`, `timeout_ms`, `on_failure`, `mode`.
+    seen: [bool; 4],
 }
 
-const GATE_FIELDS: [&str; 3] = ["url", "timeout_ms", "on_failure"];
+const GATE_FIELDS: [&str; 4] = ["url", "timeout_ms", "on_failure", "mode"];
 
 impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
     fn new(l: &'l mut Loader<'o>, at: Entry<'k>) -> Self {
-        GateFields { l, at, object: false, url: None, timeout_ms: None, on_failure: None, seen: [false; 3] }
+        GateFields {
+            l,
+            at,
+            object: false,
+            url: None,
+            timeout_ms: None,
+            on_failure: None,
+            mode: None,
+            seen: [false; 4],
+        }
     }
 
     /// The gate as written, or `None` (a missing `url` recorded as a problem).
@@ -446,7 +488,12 @@ impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
         if !self.seen[0] {
             self.l.problem(format_args!("{}.gate: missing field `url`", self.at));
         }
-        Some(GateSpec { url: self.url?, timeout_ms: self.timeout_ms, on_failure: self.on_failure })
+        Some(GateSpec {
+            url: self.url?,
+            timeout_ms: self.timeout_ms,
+            on_failure: self.on_failure,
+            mode: self.mode,
+        })
     }
 }
 
@@ -458,7 +505,7 @@ impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
             let Some(i) = GATE_FIELDS.iter().position(|f| *f == field) else {
                 let name = Name(&field);
                 self.l.problem(format_args!(
-                    "{at}.gate: unknown field {name}, expected `url`, `timeout_ms` or `on_failure`"
+                    "{at}.gate: unknown field {name}, expected `url`, `timeout_ms`, `on_failure` or `mode`"
                 ));
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -473,7 +520,8 @@ impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
                 (0, Scalar::Str(url)) => self.url = Some(url),
                 (1, Scalar::Int(ms)) => self.timeout_ms = Some(ms),
                 (2, Scalar::Str(policy)) => self.on_failure = Some(policy),
-                (1 | 2, Scalar::Null) => {}
+                (3, Scalar::Str(mode)) => self.mode = Some(mode),
+                (1..=3, Scalar::Null) => {}
                 (_, other) => {
                     let (kind, want) = (other.kind(), if i == 1 { "an integer" } else { "a string" });
                     self.l.problem(format_args!("{at}.gate.{name}: invalid type: {kind}, expected {want}"));
@@ -575,9 +623,13 @@ impl Serialize for SortedNumbers<'_> {
 
 impl Serialize for Agent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(usize::from(self.gate.is_some())))?;
+        let len = usize::from(self.gate.is_some()) + usize::from(self.context_wait_ms > 0);
+        let mut map = s.serialize_map(Some(len))?;
         if let Some(gate) = &self.gate {
             map.serialize_entry("gate", &**gate)?;
+        }
+        if self.context_wait_ms > 0 {
+            map.serialize_entry("context_wait_ms", &self.context_wait_ms)?;
         }
         map.end()
     }
@@ -597,11 +649,13 @@ impl Serialize for NumberEntry {
     }
 }
 
-/// The routes-file form, secrets and all. `on_failure` is written only when not the default.
+/// The routes-file form, secrets and all. `on_failure` and `mode` are written only when not
+/// the default.
 impl Serialize for Gate {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let reject = self.on_failure == OnFailure::Reject;
-        let len = 1 + usize::from(self.timeout_ms.is_some()) + usize::from(reject);
+        let shadow = self.mode == Mode::Shadow;
+        let len = 1 + usize::from(self.timeout_ms.is_some()) + usize::from(reject) + usize::from(shadow);
         let mut map = s.serialize_map(Some(len))?;
         map.serialize_entry("url", &*self.url)?;
         if let Some(ms) = self.timeout_ms {
@@ -609,6 +663,9 @@ impl Serialize for Gate {
         }
         if reject {
             map.serialize_entry("on_failure", OnFailure::Reject.as_str())?;
+        }
+        if shadow {
+            map.serialize_entry("mode", Mode::Shadow.as_str())?;
         }
         map.end()
     }
@@ -726,9 +783,12 @@ mod tests {
             (r#"{"agent": {}}"#, "unknown field `agent`, expected `agents` or `numbers`"),
             (
                 r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout": 5}}}}"#,
-                "agents.a.gate: unknown field `timeout`, expected `url`, `timeout_ms` or `on_failure`",
+                "agents.a.gate: unknown field `timeout`, expected `url`, `timeout_ms`, `on_failure` or `mode`",
             ),
-            (r#"{"agents": {"a": {"gates": {}}}}"#, "agents.a: unknown field `gates`, expected `gate`"),
+            (
+                r#"{"agents": {"a": {"gates": {}}}}"#,
+                "agents.a: unknown field `gates`, expected `gate` or `context_wait_ms`",
+            ),
             (
                 r#"{"numbers": {"+447700900123": {"agent": "a"}}}"#,
                 "numbers.\"+447700900123\": unknown field `agent`, expected `agent_id` or `gate`",
@@ -795,7 +855,7 @@ mod tests {
         let want = [
             "unknown field `agent`, expected `agents` or `numbers`",
             "agents.a1.gate.timeout_ms: invalid type: string, expected an integer",
-            "agents.a1.gate: unknown field `retry`, expected `url`, `timeout_ms` or `on_failure`",
+            "agents.a1.gate: unknown field `retry`, expected `url`, `timeout_ms`, `on_failure` or `mode`",
             "agents.a1.gate.url: must be https:// (or http:// with --allow-insecure-gates)",
             "agents.a1: duplicate key",
             &format!("numbers.\"+1\": {NOT_E164}"),
@@ -870,6 +930,42 @@ mod tests {
         let t = RouteTable::parse(json.as_bytes(), &STRICT).unwrap();
         let g = t.number_gate("+447700900123").unwrap();
         assert_eq!((g.timeout_ms(), g.on_failure()), (Some(100), OnFailure::Accept));
+    }
+
+    #[test]
+    fn a_gates_mode_is_enforce_or_shadow_and_round_trips() {
+        let gate = |fields: &str| {
+            format!(r#"{{"numbers": {{"+447700900123": {{"gate": {{"url": "https://x/", {fields}}}}}}}}}"#)
+        };
+        let at = "numbers.\"+447700900123\".gate";
+        for bad in [r#""mode": "Shadow""#, r#""mode": "observe""#, r#""mode": """#] {
+            assert_eq!(problem(&gate(bad)), format!("{at}.mode: must be \"enforce\" or \"shadow\""));
+        }
+        assert_eq!(
+            problem(&gate(r#""mode": 1"#)),
+            format!("{at}.mode: invalid type: integer, expected a string")
+        );
+        let t = RouteTable::parse(gate(r#""mode": "shadow""#).as_bytes(), &STRICT).unwrap();
+        assert_eq!(t.number_gate("+447700900123").unwrap().mode(), Mode::Shadow);
+        let value = t.to_json();
+        assert_eq!(value["numbers"]["+447700900123"]["gate"]["mode"], "shadow");
+        assert_eq!(RouteTable::parse(value.to_string().as_bytes(), &STRICT).unwrap(), t);
+        let t = RouteTable::parse(gate(r#""mode": "enforce""#).as_bytes(), &STRICT).unwrap();
+        assert_eq!(t.number_gate("+447700900123").unwrap().mode(), Mode::Enforce);
+        assert!(
+            t.to_json()["numbers"]["+447700900123"]["gate"].get("mode").is_none(),
+            "the default is not written"
+        );
+    }
+
+    #[test]
+    fn gates_on_one_scheme_host_and_port_share_an_origin() {
+        let origin = |url: &str| Gate::new(url, None, OnFailure::Accept, &INSECURE).unwrap().origin().clone();
+        assert_eq!(origin("https://g.example/a?token=S3CRET"), origin("https://g.example:443/b").clone());
+        assert_eq!(&*origin("https://g.example/a"), "https://g.example:443");
+        assert_ne!(origin("https://g.example/a"), origin("http://g.example/a"));
+        assert_ne!(origin("https://g.example/a"), origin("https://g.example:8443/a"));
+        assert_ne!(origin("https://g.example/a"), origin("https://h.example/a"));
     }
 
     #[test]
@@ -948,6 +1044,37 @@ mod tests {
         assert_eq!(text, want);
         assert_eq!(RouteTable::parse(text.as_bytes(), &STRICT).unwrap(), t);
         assert_eq!(RouteTable::empty().to_json(), serde_json::json!({"agents": {}, "numbers": {}}));
+    }
+
+    #[test]
+    fn context_wait_is_checked_and_round_trips() {
+        let json = r#"{"agents": {"a": {"context_wait_ms": 1500}, "b": {"context_wait_ms": 0}}}"#;
+        let t = RouteTable::parse(json.as_bytes(), &STRICT).unwrap();
+        assert_eq!((t.agent_context_wait_ms("a"), t.agent_context_wait_ms("b")), (1500, 0));
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(text, r#"{"agents":{"a":{"context_wait_ms":1500},"b":{}},"numbers":{}}"#);
+        assert_eq!(RouteTable::parse(text.as_bytes(), &STRICT).unwrap(), t);
+        let cases = [
+            (
+                r#"{"agents": {"a": {"context_wait_ms": 5001}}}"#,
+                "agents.a.context_wait_ms: must be 0 to 5000 (got 5001)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": -1}}}"#,
+                "agents.a.context_wait_ms: invalid type: negative integer, expected an integer (0 to 5000)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": "1500"}}}"#,
+                "agents.a.context_wait_ms: invalid type: string, expected an integer (0 to 5000)",
+            ),
+            (
+                r#"{"agents": {"a": {"context_wait_ms": 1, "context_wait_ms": 2}}}"#,
+                "agents.a: duplicate field `context_wait_ms`",
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(problem(json), want);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,40 @@ impl FromStr for OnFailure {
     }
 }
 
+/// Whether a gate's decision is enforced or only observed (SPEC §3 `mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// The gate's decision stands. The default.
+    #[default]
+    Enforce,
+    /// The gate is asked and its decision recorded, but the call is always forwarded
+    /// (`shadow_reject` where it would have been blocked) and its enrichment is not forwarded.
+    Shadow,
+}
+
+impl Mode {
+    /// The routes-file spelling: `"enforce"` or `"shadow"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = GateError;
+
+    /// Exactly `enforce` or `shadow`.
+    fn from_str(s: &str) -> Result<Mode, GateError> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "shadow" => Ok(Mode::Shadow),
+            _ => Err(GateError::InvalidMode),
+        }
+    }
+}
+
 /// The `timeout_ms` a gate may carry.
 pub const GATE_TIMEOUT_MS: RangeInclusive<u32> = 100..=30_000;
 
@@ -64,6 +99,10 @@ pub struct Gate {
     pub(super) display: Box<str>,
     pub(super) timeout_ms: Option<u32>,
     pub(super) on_failure: OnFailure,
+    pub(super) mode: Mode,
+    /// `scheme://host:port` (the port always written): the circuit breaker's key, computed
+    /// once here so that a call's lookup allocates nothing.
+    pub(super) origin: Arc<str>,
 }
 
 impl Gate {
@@ -76,9 +115,9 @@ impl Gate {
         on_failure: OnFailure,
         opts: &ValidateOptions,
     ) -> Result<Gate, GateError> {
-        let (uri, display) = check_url(url, opts)?;
+        let (uri, display, origin) = check_url(url, opts)?;
         let timeout_ms = timeout_ms.map(|ms| check_timeout(ms.into())).transpose()?;
-        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure })
+        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure, mode: Mode::Enforce, origin })
     }
 
     /// The URL exactly as configured. May contain a secret query or userinfo: never log it.
@@ -105,12 +144,25 @@ impl Gate {
     pub fn on_failure(&self) -> OnFailure {
         self.on_failure
     }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `scheme://host:port` of the URL: gates that share it share a circuit. Holds no secret
+    /// (no path, query or userinfo), but logs name the host only.
+    pub fn origin(&self) -> &Arc<str> {
+        &self.origin
+    }
 }
 
 // `uri` and `display` are derived from `url`, so they need no comparing.
 impl PartialEq for Gate {
     fn eq(&self, other: &Gate) -> bool {
-        self.url == other.url && self.timeout_ms == other.timeout_ms && self.on_failure == other.on_failure
+        self.url == other.url
+            && self.timeout_ms == other.timeout_ms
+            && self.on_failure == other.on_failure
+            && self.mode == other.mode
     }
 }
 
@@ -122,6 +174,7 @@ impl fmt::Debug for Gate {
             .field("url", &self.display)
             .field("timeout_ms", &self.timeout_ms)
             .field("on_failure", &self.on_failure)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -152,10 +205,12 @@ pub enum GateError {
     InvalidTimeout(u64),
     #[error("on_failure: must be \"accept\" or \"reject\"")]
     InvalidOnFailure,
+    #[error("mode: must be \"enforce\" or \"shadow\"")]
+    InvalidMode,
 }
 
 impl GateError {
-    /// The gate field at fault: `url`, `timeout_ms` or `on_failure`.
+    /// The gate field at fault: `url`, `timeout_ms`, `on_failure` or `mode`.
     pub fn field(&self) -> &'static str {
         match self {
             GateError::InvalidUrl(_)
@@ -166,12 +221,16 @@ impl GateError {
             | GateError::InvalidUri(_) => "url",
             GateError::InvalidTimeout(_) => "timeout_ms",
             GateError::InvalidOnFailure => "on_failure",
+            GateError::InvalidMode => "mode",
         }
     }
 }
 
-/// Checks a gate URL; returns it parsed for sending and in its loggable form.
-pub(super) fn check_url(raw: &str, opts: &ValidateOptions) -> Result<(http::Uri, Box<str>), GateError> {
+/// Checks a gate URL; returns it parsed for sending, in its loggable form, and its origin.
+pub(super) fn check_url(
+    raw: &str,
+    opts: &ValidateOptions,
+) -> Result<(http::Uri, Box<str>, Arc<str>), GateError> {
     // The url crate would quietly trim or drop these; a URL holding them is a typo.
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(GateError::UrlWhitespace);
@@ -194,7 +253,9 @@ pub(super) fn check_url(raw: &str, opts: &ValidateOptions) -> Result<(http::Uri,
     };
     // The normalised form is plain ASCII (IDNA, percent-encoding), which http::Uri accepts.
     let uri = http::Uri::try_from(&url[..url::Position::AfterQuery]).map_err(GateError::InvalidUri)?;
-    Ok((uri, display.into_boxed_str()))
+    let port = url.port_or_known_default().unwrap_or_default();
+    let origin: Arc<str> = format!("{}://{host}:{port}", url.scheme()).into();
+    Ok((uri, display.into_boxed_str(), origin))
 }
 
 pub(super) fn check_timeout(ms: u64) -> Result<u32, GateError> {

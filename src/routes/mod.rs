@@ -11,11 +11,11 @@ pub mod store;
 pub mod watch;
 pub mod writer;
 
-pub use check::timeout_warnings;
+pub use check::{context_wait_warnings, timeout_warnings};
 
 pub use file::GateSpec;
 use gate::{check_timeout, check_url};
-pub use gate::{Gate, GateError, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
+pub use gate::{Gate, GateError, Mode, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
 
 use std::fmt;
 use std::sync::Arc;
@@ -158,7 +158,14 @@ impl fmt::Display for NumberKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Agent {
     gate: Option<Arc<Gate>>,
+    /// How long a call waits for pushed caller context (SPEC §12); 0 is no wait.
+    context_wait_ms: u32,
 }
+
+/// The longest `context_wait_ms` (SPEC §3).
+pub const MAX_CONTEXT_WAIT_MS: u32 = 5_000;
+
+const BAD_CONTEXT_WAIT: &str = "must be 0 to 5000";
 
 /// A number with neither an agent nor a gate is kept (it resolves to no gate).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -234,6 +241,12 @@ impl RouteTable {
         agents.chain(numbers)
     }
 
+    /// How long a call for `agent_id` waits for pushed caller context; 0 for an agent not in
+    /// the table.
+    pub fn agent_context_wait_ms(&self, agent_id: &str) -> u32 {
+        self.agents.get(agent_id).map_or(0, |a| a.context_wait_ms)
+    }
+
     pub fn agent_gate(&self, agent_id: &str) -> Option<&Arc<Gate>> {
         self.agents.get(agent_id)?.gate.as_ref()
     }
@@ -279,9 +292,15 @@ impl RouteTable {
         debug_assert!(validate_agent_id(agent_id), "unchecked agent id");
         let had_gate = self.agent_gate(agent_id).is_some();
         match gate {
-            None if !self.agents.contains_key(agent_id) => {}
+            None if !had_gate => {}
             None => {
-                Arc::make_mut(&mut self.agents).remove(agent_id);
+                // The agent stays while it has other settings.
+                let agents = Arc::make_mut(&mut self.agents);
+                let agent = agents.get_mut(agent_id).expect("it has a gate");
+                agent.gate = None;
+                if *agent == Agent::default() {
+                    agents.remove(agent_id);
+                }
             }
             Some(gate) => {
                 let gate = Some(Arc::new(gate));
@@ -289,6 +308,23 @@ impl RouteTable {
             }
         }
         had_gate
+    }
+
+    /// Sets the agent's `context_wait_ms` (validated by the caller); returns whether it had a
+    /// wait. An agent left with no gate and no wait is removed, as a gate removal does.
+    pub fn set_agent_context_wait(&mut self, agent_id: &str, wait_ms: u32) -> bool {
+        debug_assert!(validate_agent_id(agent_id) && wait_ms <= MAX_CONTEXT_WAIT_MS);
+        let had = self.agent_context_wait_ms(agent_id) > 0;
+        if !had && wait_ms == 0 {
+            return false;
+        }
+        let agents = Arc::make_mut(&mut self.agents);
+        let agent = agents.entry(agent_id.into()).or_default();
+        agent.context_wait_ms = wait_ms;
+        if *agent == Agent::default() {
+            agents.remove(agent_id);
+        }
+        had
     }
 
     /// Sets or removes the number's own gate; returns whether it had one.
@@ -589,6 +625,20 @@ mod tests {
         assert!(t.with_number_agent("447700900123", Some("a1")).is_err());
         let err = t.with_number_agent("+447700900123", Some("a/b")).unwrap_err();
         assert_eq!(err.problems, [format!("numbers.\"+447700900123\".agent_id: {NOT_AGENT_ID}")]);
+    }
+
+    #[test]
+    fn an_agents_context_wait_outlives_its_gate_and_goes_with_the_last_setting() {
+        let mut t = table();
+        assert_eq!(t.agent_context_wait_ms("a1"), 0);
+        assert!(!t.set_agent_context_wait("a1", 1500));
+        assert_eq!(t.agent_context_wait_ms("a1"), 1500);
+        assert!(t.set_agent_gate("a1", None));
+        assert_eq!((t.agent_count(), t.agent_context_wait_ms("a1")), (1, 1500), "the wait stays");
+        assert!(t.set_agent_context_wait("a1", 0));
+        assert_eq!(t.agent_count(), 0, "nothing left: the agent goes");
+        assert!(!t.set_agent_context_wait("ghost", 0));
+        assert_eq!(t.agent_count(), 0);
     }
 
     #[test]

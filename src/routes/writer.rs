@@ -29,9 +29,23 @@ const MAX_BATCH: usize = 4096;
 /// One admin change to the table. Values are validated before they are queued.
 #[derive(Clone, Debug)]
 pub enum Edit {
-    AgentGate { agent_id: String, gate: Option<Gate> },
-    NumberGate { number: String, gate: Option<Gate> },
-    NumberAgent { number: String, agent_id: Option<String> },
+    AgentGate {
+        agent_id: String,
+        gate: Option<Gate>,
+    },
+    NumberGate {
+        number: String,
+        gate: Option<Gate>,
+    },
+    NumberAgent {
+        number: String,
+        agent_id: Option<String>,
+    },
+    /// 0 to [`super::MAX_CONTEXT_WAIT_MS`].
+    AgentContextWait {
+        agent_id: String,
+        wait_ms: u32,
+    },
 }
 
 /// Why the routes file could not be loaded at start-up.
@@ -646,6 +660,7 @@ fn apply_one(table: &mut RouteTable, edit: Edit) -> bool {
         Edit::AgentGate { agent_id, gate } => Ok(table.set_agent_gate(&agent_id, gate)),
         Edit::NumberGate { number, gate } => table.set_number_gate(&number, gate),
         Edit::NumberAgent { number, agent_id } => table.set_number_agent(&number, agent_id.as_deref()),
+        Edit::AgentContextWait { agent_id, wait_ms } => Ok(table.set_agent_context_wait(&agent_id, wait_ms)),
     };
     // Values are validated before they are queued; a failure here is a bug, not bad input.
     had.expect("edits are validated before they are queued")

@@ -70,7 +70,7 @@ pub async fn handle(
     let deadline = Deadline::new(arrived, app.settings.twilio_deadline);
     let verdict = decide(&app.stages(), &call, deadline).await;
     record(app, &call, &verdict);
-    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed);
+    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed) + verdict.context_waited;
     if verdict.decision.blocks() {
         return Served { response: reject_response(), waited: gate_wait };
     }
@@ -89,9 +89,13 @@ pub async fn handle(
 }
 
 /// Everything a decided call leaves behind, from its verdict, in one place: the metrics, the
-/// decision line (SPEC §9) and the decision record (SPEC §10).
+/// decision line (SPEC §9) and the decision record (SPEC §10). A duplicate CallSid's copy of
+/// the first decision counts only as a dedup and keeps the first record.
 fn record(app: &App, call: &Call, verdict: &Verdict) {
-    app.metrics.record_verdict(verdict);
+    match verdict.dedup {
+        Some(how) => app.metrics.record_dedup(how),
+        None => app.metrics.record_verdict(verdict),
+    }
     tracing::info!(
         target: "callgate::call",
         call_id = call.call_id,
@@ -103,9 +107,16 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         reason = verdict.reason.as_deref().unwrap_or(""),
         gate_ms = verdict.gate_ms().unwrap_or(0.0),
         override_agent_id = verdict.override_agent_id().unwrap_or(""),
+        // hit, waited or miss only: pushed context is data about people, never logged.
+        context = verdict.context.map_or("", |c| c.as_str()),
         gate = verdict.gate_display.as_deref().unwrap_or(""),
+        dedup = verdict.dedup.map_or("", |d| d.as_str()),
+        shadow = verdict.shadow,
         "call decided"
     );
+    if verdict.dedup.is_some() {
+        return;
+    }
     if verdict.enrichment.dropped_invalid > 0 || verdict.context_too_large {
         // Names the problem, never the values (data about people).
         tracing::warn!(

@@ -273,6 +273,10 @@ impl Callgate {
         std::fs::write(&path, routes).unwrap();
         let mut settings = Settings::local(upstream, path.clone()).unwrap();
         settings.api_keys = vec![ApiKey::new("kid", "ksecret")];
+        // Tests reuse one CallSid and one dead gate across calls: the dedup window and the
+        // breaker are off unless a test turns them on (tests/resilience.rs, tests/chaos.rs).
+        settings.dedup_window = Duration::ZERO;
+        settings.breaker_failures = 0;
         tweak(&mut settings);
         let listeners = Listeners::bind(settings.listen, settings.admin_listen).await.unwrap();
         let (addr, admin) = (listeners.public_addr(), listeners.admin_addr());
@@ -463,6 +467,9 @@ impl Binary {
             .args(args)
             .env_clear()
             .env("RUST_LOG", "info")
+            // As in `Callgate::spawn_with`: on only where a test asks (a flag overrides these).
+            .env("CALLGATE_DEDUP_WINDOW", "0")
+            .env("CALLGATE_BREAKER_FAILURES", "0")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -565,4 +572,20 @@ impl Drop for Binary {
 /// The value of `series` (name and labels exactly as exported) in a Prometheus text exposition.
 pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A TLS acceptor serving `cert` (a PEM chain) with `key` (PEM), for HTTPS stubs.
+#[allow(dead_code)]
+pub fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(cert.as_bytes()).map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(callgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }

@@ -19,7 +19,7 @@ use crate::body::{self, BodyError};
 use crate::decide::record::Record;
 use crate::decide::{decide, Call, Deadline};
 use crate::routes::writer::{Edit, WriteError};
-use crate::routes::{is_e164, validate_agent_id, Gate, GateError, GateSpec, RouteTable};
+use crate::routes::{is_e164, validate_agent_id, Chain, Check, Gate, GateError, GateSpec, RouteTable};
 use crate::settings::ApiKey;
 use crate::wire::ResBody;
 
@@ -55,12 +55,20 @@ fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>)
 
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> ApiError {
-        let code = match e {
-            WriteError::ReadOnly(_) => "read_only",
-            WriteError::Unsaved(_) | WriteError::Stopped => "unsaved",
-            WriteError::StoreUnavailable => "store_unavailable",
-            WriteError::StoreEmpty => "store_empty",
+        let (status, code) = match e {
+            WriteError::NoCheckSet(_) => (StatusCode::BAD_REQUEST, "invalid_field"),
+            WriteError::InUse(_) => (StatusCode::CONFLICT, "in_use"),
+            WriteError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
+            WriteError::Unsaved(_) | WriteError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "unsaved"),
+            WriteError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            WriteError::StoreEmpty => (StatusCode::SERVICE_UNAVAILABLE, "store_empty"),
         };
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            return ApiError {
+                from_writer: true,
+                ..api_error(status, code, format!("{e}; nothing changed"))
+            };
+        }
         ApiError {
             from_writer: true,
             ..api_error(StatusCode::SERVICE_UNAVAILABLE, code, format!("{e}; nothing changed"))
@@ -191,6 +199,14 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             }
             _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")),
         },
+        ["v1", "check-sets", name] => check_set_endpoint(app, name, method, &parts.headers, body).await,
+        ["v1", "precheck"] => match *method {
+            Method::POST => {
+                let value = read_json(&parts.headers, body, app.settings.header_timeout).await?;
+                precheck(app, value).await
+            }
+            _ => Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")),
+        },
         ["v1", "routes"] => match *method {
             // Serialised straight from the table, so a million numbers never become a `Value`,
             // and off the runtime, which also answers probes and scrapes.
@@ -320,6 +336,101 @@ async fn gate_endpoint(
         }
         _ => Err(not_allowed()),
     }
+}
+
+/// PUT, GET or DELETE of a named check set (SPEC §6): the body and the answer's `checks` are
+/// an array of checks.
+async fn check_set_endpoint(
+    app: &App,
+    segment: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Answer, ApiError> {
+    let name = match decoded(segment) {
+        Some(n) if validate_agent_id(&n) => n.into_owned(),
+        _ => return Err(api_error(StatusCode::BAD_REQUEST, "invalid_field", "invalid check set name")),
+    };
+    match *method {
+        Method::PUT => {
+            let value = read_json(headers, body, app.settings.header_timeout).await?;
+            let checks = read_checks(app, &value, "checks")?;
+            let answer = json!({ "name": name, "checks": value });
+            app.writer.edit(Edit::CheckSet { name, checks: Some(checks) }).await?;
+            Ok(answer.into())
+        }
+        Method::GET => match app.routes.load().check_set(&name) {
+            Some(checks) => {
+                let checks: Vec<&Value> = checks.iter().map(Check::raw).collect();
+                Ok(json!({ "name": name, "checks": checks }).into())
+            }
+            None => Err(api_error(StatusCode::NOT_FOUND, "not_found", "no check set of that name")),
+        },
+        Method::DELETE => {
+            let deleted = app.writer.edit(Edit::CheckSet { name: name.clone(), checks: None }).await?;
+            Ok(json!({ "ok": true, "deleted": deleted, "name": name }).into())
+        }
+        _ => Err(not_allowed()),
+    }
+}
+
+/// An array of checks, validated; every problem in the message, each with its path.
+fn read_checks(app: &App, value: &Value, at: &str) -> Result<Arc<[Check]>, ApiError> {
+    let mut problems = Vec::new();
+    match crate::routes::checks::parse_checks(value, at, &app.settings.validate_options(), &mut problems) {
+        Some(checks) => Ok(checks.into()),
+        None => Err(api_error(StatusCode::BAD_REQUEST, "invalid_field", problems.join("; "))),
+    }
+}
+
+/// `POST /v1/precheck` (SPEC §11): an operator's outbound call checked by a named set or the
+/// checks given, with the lead's `payload` as placeholders.
+async fn precheck(app: &App, value: Value) -> Result<Answer, ApiError> {
+    let field = |name: &str, message: &str| {
+        api_error(StatusCode::BAD_REQUEST, "invalid_field", format!("{name}: {message}"))
+    };
+    let Value::Object(mut request) = value else {
+        return Err(field("body", "must be an object {\"check_set\" or \"checks\", \"payload\"}"));
+    };
+    if let Some(unknown) = request.keys().find(|k| !["check_set", "checks", "payload"].contains(&k.as_str()))
+    {
+        let shown: String = unknown.chars().take(64).collect();
+        return Err(field(&shown, "unknown field, expected `check_set`, `checks` or `payload`"));
+    }
+    let payload = match request.remove("payload") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err(field("payload", "must be an object of the lead's fields")),
+    };
+    if payload.get("customer_mobile_number").is_some_and(|v| !v.is_string()) {
+        return Err(field("payload.customer_mobile_number", "must be a string"));
+    }
+    let checks = match (request.get("check_set"), request.get("checks")) {
+        (Some(Value::String(name)), None) => match app.routes.load().check_set(name) {
+            Some(checks) => Arc::clone(checks),
+            None => return Err(field("check_set", "no check set of that name")),
+        },
+        (Some(_), None) => return Err(field("check_set", "must be a string")),
+        (None, Some(checks)) => read_checks(app, checks, "checks")?,
+        (None, None) => return Err(field("check_set", "give `check_set` or `checks`")),
+        (Some(_), Some(_)) => return Err(field("checks", "give `check_set` or `checks`, not both")),
+    };
+    let outcome =
+        crate::decide::chain::precheck(&app.stages(), &checks, &payload, app.settings.gate_timeout).await;
+    app.metrics.record_checks(&outcome.results);
+    let results: Vec<Value> = outcome
+        .results
+        .iter()
+        .map(|r| {
+            let mut v = json!({ "name": &*r.name, "status": r.status.as_str() });
+            if let Some(cause) = r.reason {
+                v["reason"] = json!(cause.as_str());
+            }
+            v
+        })
+        .collect();
+    Ok(json!({ "decision": if outcome.proceeds { "proceed" } else { "skip" }, "pre_check_results": results })
+        .into())
 }
 
 /// `Authorization: Bearer KEY_ID:KEY_SECRET` against the configured keys. The id picks the key;
@@ -475,12 +586,14 @@ async fn read_gate(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Gat
     let Value::Object(object) = &value else {
         return Err(api_error(StatusCode::BAD_REQUEST, "invalid_json", "the body must be a JSON object"));
     };
-    if !object.get("url").is_some_and(Value::is_string) {
-        return Err(api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_url",
-            "url is required and must be a string",
-        ));
+    let kinds = ["url", "checks", "check_set"].iter().filter(|k| object.contains_key(**k)).count();
+    if kinds != 1 {
+        // No kind at all answers as a missing `url` always has.
+        let code = if kinds == 0 { "invalid_url" } else { "invalid_field" };
+        return Err(api_error(StatusCode::BAD_REQUEST, code, GateError::Kind.to_string()));
+    }
+    if object.get("url").is_some_and(|u| !u.is_string()) {
+        return Err(api_error(StatusCode::BAD_REQUEST, "invalid_url", "url must be a string"));
     }
     let spec: GateSpec<'_> = from_value(&value)?;
     spec.validate(&app.settings.validate_options()).map_err(|errors| {
@@ -515,9 +628,19 @@ fn scrub(message: &str) -> String {
     message.split('"').next().unwrap_or(message).trim_end().to_owned()
 }
 
-/// A GET's answer: `{key: id, "precall_webhook_url": url or null, "is_set"}`.
+/// A GET's answer: `{key: id, "precall_webhook_url": url or null, "is_set"}`, and a chain
+/// gate's `checks` or `check_set`.
 fn gate_state(key: &str, id: &str, gate: Option<&Gate>) -> Value {
-    json!({ key: id, "precall_webhook_url": gate.map(Gate::url), "is_set": gate.is_some() })
+    let url = gate.filter(|g| g.chain().is_none()).map(Gate::url);
+    let mut state = json!({ key: id, "precall_webhook_url": url, "is_set": gate.is_some() });
+    match gate.and_then(Gate::chain) {
+        Some(Chain::Checks(checks)) => {
+            state["checks"] = Value::Array(checks.iter().map(|c| c.raw().clone()).collect());
+        }
+        Some(Chain::Set(name)) => state["check_set"] = json!(&**name),
+        None => {}
+    }
+    state
 }
 
 /// A PUT's answer: the state, plus the options set.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use http_body_util::{Either, Limited};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
@@ -121,6 +121,8 @@ pub struct App {
     pub table_loaded: tokio::sync::watch::Sender<bool>,
     /// Upgraded streams in flight (also held by the engine), drained on shutdown.
     pub streams: TaskTracker,
+    /// Secrets for check placeholders (`--credentials`).
+    pub credentials: Arc<crate::credentials::Credentials>,
     ready: AtomicBool,
 }
 
@@ -134,7 +136,8 @@ impl App {
         metrics: &'static Metrics,
     ) -> App {
         let streams = TaskTracker::new();
-        let engine = Engine::new(settings.upstream.clone(), streams.clone(), settings.workers);
+        let engine =
+            Engine::new(settings.upstream.clone(), settings.idle_timeout, streams.clone(), settings.workers);
         let verifier = (settings.twilio_signature != SignatureMode::Off).then(|| {
             Verifier::new(
                 settings.twilio_auth_tokens.iter().map(|t| t.expose().to_owned()).collect(),
@@ -168,6 +171,7 @@ impl App {
             voice_paths,
             signed_paths,
             streams,
+            credentials: Arc::default(),
             table_loaded: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
         }
@@ -200,6 +204,8 @@ impl App {
         Stages {
             routes: &self.routes,
             gate: &self.gate,
+            credentials: &self.credentials,
+            clock: jiff::Timestamp::now,
             breaker: &self.breaker,
             dedup: &self.dedup,
             contexts: &*self.contexts,
@@ -224,7 +230,8 @@ impl App {
         if body::declared_length(request.headers()).is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
             return Served::refused(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
         }
-        let mut request = request.map(|b| Either::Right(Limited::new(b, MAX_STREAMED_BODY)));
+        let within = self.settings.header_timeout;
+        let mut request = request.map(|b| Either::Right(body::ClientBody::new(b, MAX_STREAMED_BODY, within)));
         self.engine.prepare(&mut request, peer, &Stamp::None);
         self.send(request, self.settings.upstream_timeout).await
     }
@@ -236,10 +243,13 @@ impl App {
         let response = match result {
             Ok(response) => response.map(Either::Right),
             Err(e) => {
-                if let Some(cause) = e.cause() {
-                    self.metrics.record_upstream_error(cause);
+                match e.cause() {
+                    Some(cause) => {
+                        self.metrics.record_upstream_error(cause);
+                        tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
+                    }
+                    None => tracing::debug!(error = %e, "request refused or broken off by the client"),
                 }
-                tracing::warn!(error = %format_args!("{e:#}"), "engine request failed");
                 RequestError::from(e).into_response()
             }
         };

@@ -1,6 +1,9 @@
 //! Bodies on their way in: the declared length, the content type, and reading a bounded body
 //! within a deadline. Shared by the webhook, the admin API, forwarding and the gate client.
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,5 +57,100 @@ pub async fn read(
             Ok(e) => Err(BodyError::Read(*e)),
             Err(_) => Err(BodyError::TooLarge(limit)),
         },
+    }
+}
+
+/// A client's body streamed on to the engine (paths that are not voice or signed paths): at
+/// most `limit` bytes, all of them within `within` of the request head, like a buffered body.
+/// A body that stalls past its deadline, or a client that resets mid-body, ends the stream
+/// with an error the forwarding path can tell from an engine's fault (see [`ClientFault`]);
+/// [`ClientBody::finished`] tells it when the body is done, so that the engine's own deadline
+/// only starts once the engine has the whole request.
+pub struct ClientBody {
+    inner: Limited<Incoming>,
+    within: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+/// Why a streamed client body ended early: the client's fault, never the engine's.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientFault {
+    #[error("the request body did not arrive within {0:?}")]
+    Timeout(Duration),
+    #[error("the client broke off its request body")]
+    Read(#[source] hyper::Error),
+    /// [`ClientFault::Read`] as found again in a forwarding error.
+    #[error("the client broke off its request body")]
+    Broken,
+}
+
+impl ClientBody {
+    pub fn new(body: Incoming, limit: usize, within: Duration) -> ClientBody {
+        use http_body::Body as _;
+        // A request without a body may never be polled: it is done from the start.
+        let done = tokio::sync::watch::Sender::new(body.is_end_stream());
+        ClientBody {
+            inner: Limited::new(body, limit),
+            within,
+            deadline: Box::pin(tokio::time::sleep(within)),
+            done,
+        }
+    }
+
+    /// How long the client has to deliver the whole body.
+    pub fn within(&self) -> Duration {
+        self.within
+    }
+
+    /// Completes once the body has ended (whole, failed, or dropped unread).
+    pub fn finished(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut done = self.done.subscribe();
+        async move {
+            let _ = done.wait_for(|d| *d).await;
+        }
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Err(ClientFault::Timeout(self.within).into())))
+            }
+            Poll::Ready(Some(Err(e))) => match e.downcast::<hyper::Error>() {
+                Ok(e) => Poll::Ready(Some(Err(ClientFault::Read(*e).into()))),
+                // The size limit: reported as it is (`LengthLimitError`).
+                Err(e) => Poll::Ready(Some(Err(e))),
+            },
+            polled => polled,
+        };
+        if !matches!(polled, Poll::Ready(Some(Ok(_)))) || self.inner.is_end_stream() {
+            self.done.send_replace(true);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.done.send_replace(true);
     }
 }

@@ -12,6 +12,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::metrics::Metrics;
 
 /// Timestamps are milliseconds since the connection opened, plus one (0 means "none").
 pub struct Activity {
@@ -50,16 +53,38 @@ impl Activity {
     }
 
     fn read(&self) {
+        // On HTTP/2, bytes are frames (PING, SETTINGS, WINDOW_UPDATE) a client can send for
+        // ever without asking anything: only requests count as activity.
+        if self.h2.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.now();
         self.last.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.h2.load(Ordering::Relaxed) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
             // Bytes with no request in flight start the next head, if not already started.
             let _ = self.head_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
     fn wrote(&self) {
+        if !self.h2.load(Ordering::Relaxed) {
+            self.touch();
+        }
+    }
+
+    fn touch(&self) {
         self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// The connection speaks HTTP/2 (ALPN said so, or a request came in on it): from now on
+    /// only requests keep it from being idle.
+    pub fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+    }
+
+    /// How long since the last byte either way (or since the connection opened).
+    pub fn quiet(&self) -> Duration {
+        Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)))
     }
 
     /// A complete request head reached the service; the request counts as in flight until the
@@ -67,8 +92,9 @@ impl Activity {
     pub fn request_started(self: &Arc<Self>, h2: bool) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(0, Ordering::Relaxed);
+        self.touch();
         if h2 {
-            self.h2.store(true, Ordering::Relaxed);
+            self.set_h2();
         }
         InFlight(Arc::clone(self))
     }
@@ -93,19 +119,46 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.wrote();
+        self.0.touch();
     }
 }
 
-/// An I/O stream that reports its reads and writes to an [`Activity`].
+/// An I/O stream that reports its reads and writes to an [`Activity`], and holds its
+/// listener's connection permit for as long as the socket lives: through an upgrade, the
+/// stream moves into the relay and the permit with it.
 pub struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
+    _slot: Option<Slot>,
 }
 
 impl<I> Tracked<I> {
-    pub fn new(inner: I, activity: Arc<Activity>) -> Tracked<I> {
-        Tracked { inner, activity }
+    pub fn new(inner: I, activity: Arc<Activity>, slot: Option<Slot>) -> Tracked<I> {
+        Tracked { inner, activity, _slot: slot }
+    }
+}
+
+/// An open connection's place under `--max-connections`, counted in
+/// `callgate_open_connections` (public listener) until dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Option<&'static Metrics>,
+}
+
+impl Slot {
+    pub fn new(permit: OwnedSemaphorePermit, metrics: Option<&'static Metrics>) -> Slot {
+        if let Some(m) = metrics {
+            m.record_open_connections(1.0);
+        }
+        Slot { _permit: permit, metrics }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(m) = self.metrics {
+            m.record_open_connections(-1.0);
+        }
     }
 }
 

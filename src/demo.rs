@@ -37,23 +37,47 @@ pub enum DemoError {
 pub const DEMO_KEY: &str = "demo:demo-secret";
 
 /// The demo numbers: each one shows one decision.
-pub const CASES: [(&str, &str, &str); 7] = [
+pub const CASES: [(&str, &str, &str, &str); 10] = [
     (
         "accept",
         "+15005550001",
+        CALLER,
         "the agent's gate says accept: forwarded to the engine, with the caller context a CRM pushed just before",
     ),
     (
         "accept",
         "+15005550006",
+        CALLER,
         "the gate accepts, picks agent_vip and hands the engine variables (X-Callgate-Agent-Id, X-Callgate-Context)",
     ),
-    ("reject", "+15005550002", "the number's own gate says reject: busy TwiML, the engine never hears of it"),
-    ("fail_open", "+15005550003", "the gate is slower than its 1 s timeout: fails open, forwarded"),
-    ("fail_open", "+15005550004", "the gate refuses connections: fails open, forwarded"),
-    ("fail_closed", "+15005550005", "a compliance gate (on_failure: reject) is down: busy TwiML"),
-    ("no_gate", "+15005550009", "a number with no gate: forwarded"),
+    (
+        "reject",
+        "+15005550002",
+        CALLER,
+        "the number's own gate says reject: busy TwiML, the engine never hears of it",
+    ),
+    ("fail_open", "+15005550003", CALLER, "the gate is slower than its 1 s timeout: fails open, forwarded"),
+    ("fail_open", "+15005550004", CALLER, "the gate refuses connections: fails open, forwarded"),
+    ("fail_closed", "+15005550005", CALLER, "a compliance gate (on_failure: reject) is down: busy TwiML"),
+    ("no_gate", "+15005550009", CALLER, "a number with no gate: forwarded"),
+    ("accept", "+15005550007", CALLER, "a check set (blocklist, then a DND API): every check proceeds"),
+    (
+        "reject",
+        "+15005550007",
+        BLOCKED,
+        "the same check set: the caller is on its blocklist, the API is never asked",
+    ),
+    (
+        "reject",
+        "+15005550008",
+        CALLER,
+        "a chain of opening hours that never open: rejected by \"Opening hours\"",
+    ),
 ];
+
+/// The caller of most demo calls, and one on the demo blocklist.
+const CALLER: &str = "+14155550100";
+const BLOCKED: &str = "+447386172392";
 
 /// The context the demo pushes for its accept call (seed 003's "Call Transfer with Context").
 pub const PUSH: &str = r#"{"agentId":"agent_demo","phoneNumber":"+14155550100","customer_name":"Jane","issue":"billing_error","priority":"high"}"#;
@@ -120,7 +144,7 @@ pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
         "callgate demo: listening on http://{public} (admin http://{admin}); Ctrl-C stops it.\n\
          Each /twilio/voice command below is a Twilio inbound-call webhook; the decision is logged on stderr.\n"
     );
-    for (i, (decision, to, what)) in CASES.iter().enumerate() {
+    for (i, (decision, to, from, what)) in CASES.iter().enumerate() {
         out.push_str(&format!("\n# {decision}: {what}\n"));
         if i == 0 {
             // The seed's transfer with context: pushed on the admin API, taken by the call.
@@ -131,7 +155,7 @@ pub fn instructions(public: SocketAddr, admin: SocketAddr) -> String {
         }
         out.push_str(&format!(
             "curl -s http://{public}/twilio/voice -d Direction=inbound -d CallStatus=ringing \
-             -d CallSid=CA{:032x} --data-urlencode From=+14155550100 --data-urlencode To={to}\n",
+             -d CallSid=CA{:032x} --data-urlencode From={from} --data-urlencode To={to}\n",
             i + 1
         ));
     }
@@ -164,7 +188,19 @@ fn write_routes(gates: SocketAddr, dead: SocketAddr) -> Result<PathBuf, DemoErro
             "+15005550004": { "gate": { "url": format!("http://{dead}/precall") } },
             "+15005550005": { "gate": { "url": format!("http://{dead}/precall"), "on_failure": "reject" } },
             "+15005550006": { "agent_id": "agent_demo", "gate": { "url": format!("http://{gates}/enrich") } },
-            "+15005550009": { "agent_id": "agent_nogate" }
+            "+15005550009": { "agent_id": "agent_nogate" },
+            "+15005550007": { "gate": { "check_set": "screening" } },
+            "+15005550008": { "gate": { "checks": [
+                { "type": "schedule", "name": "Opening hours", "timezone": "Europe/London", "open": [] }
+            ] } }
+        },
+        "check_sets": {
+            "screening": [
+                { "type": "caller_list", "name": "Blocklist", "deny": [BLOCKED, "+4487*"] },
+                { "type": "external_api", "name": "DND Check",
+                  "http_request": { "url": format!("http://{gates}/dnd?phone={{customer_mobile_number}}"), "timeout": 2 },
+                  "response_config": { "response_field": "blocked", "response_field_value": false } }
+            ]
         }
     });
     let text = serde_json::to_string_pretty(&routes).expect("a JSON value serialises");
@@ -226,9 +262,11 @@ fn pushed_context(headers: &http::HeaderMap) -> String {
     format!(" Caller context: {}.", quick_xml::escape::escape(fields.join(", ")))
 }
 
-/// The demo gates: `/accept`, `/reject`, and `/slow` (answers accept after 3 s).
+/// The demo gates: `/accept`, `/reject`, `/enrich`, `/slow` (answers accept after 3 s), and
+/// `/dnd`, a DND API that finds nobody blocked.
 async fn demo_gate(request: Request<Incoming>) -> Response<Full<Bytes>> {
     let body: &'static str = match request.uri().path() {
+        "/dnd" => r#"{"blocked":false}"#,
         "/reject" => r#"{"action":"reject","reason":"demo: out of credit"}"#,
         "/enrich" => {
             r#"{"call_inbound":{"override_agent_id":"agent_vip","dynamic_variables":{"customer_name":"Ada","tier":3},"metadata":{"crm_id":"C-1042"}}}"#

@@ -4,7 +4,7 @@
 
 use http::{Response, StatusCode};
 
-use crate::body::BodyError;
+use crate::body::{BodyError, ClientFault};
 use crate::engine::EngineError;
 use crate::webhook::signature::SignatureError;
 use crate::webhook::twilio::FormError;
@@ -46,12 +46,18 @@ impl RequestError {
             RequestError::Signature(_) => StatusCode::FORBIDDEN,
             RequestError::Engine(EngineError::Connect(_)) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Protocol(_)) => StatusCode::BAD_GATEWAY,
+            RequestError::Engine(EngineError::UnaskedUpgrade) => StatusCode::BAD_GATEWAY,
             RequestError::Engine(EngineError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             RequestError::Engine(EngineError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::Engine(EngineError::Client(ClientFault::Timeout(_))) => StatusCode::REQUEST_TIMEOUT,
+            RequestError::Engine(EngineError::Client(_)) => StatusCode::BAD_REQUEST,
         };
         let close = matches!(
             self,
-            RequestError::BodyTooLarge(_) | RequestError::BodyRead(_) | RequestError::BodyTimeout(_)
+            RequestError::BodyTooLarge(_)
+                | RequestError::BodyRead(_)
+                | RequestError::BodyTimeout(_)
+                | RequestError::Engine(EngineError::Client(_))
         );
         text_response(status, format!("{self}\n"), close)
     }

@@ -236,6 +236,28 @@ impl GateClient {
         }
     }
 
+    /// Sends any request (a check's call to an external API) through the shared pool within
+    /// `limit`: never a redirect followed, an answer over [`MAX_ANSWER_BYTES`] is `malformed`.
+    /// The status and body, or the cause of the failure.
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        limit: Duration,
+    ) -> Result<(StatusCode, Bytes), Cause> {
+        let exchange = async {
+            let response = self.shared.request(request).await.map_err(|_| Cause::Connect)?;
+            let status = response.status();
+            if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+                return Err(Cause::Malformed);
+            }
+            match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
+                Ok(body) => Ok((status, body.to_bytes())),
+                Err(_) => Err(Cause::Malformed),
+            }
+        };
+        tokio::time::timeout(limit, exchange).await.unwrap_or(Err(Cause::Timeout))
+    }
+
     /// A `--gate-max-pending` permit for `gate` and the pool to call it through, or `None` when
     /// the gate already has its fill of requests waiting.
     fn admit(&self, gate: &Gate) -> Option<(tokio::sync::OwnedSemaphorePermit, &HttpsClient)> {

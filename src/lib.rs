@@ -39,6 +39,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod conn;
+pub mod credentials;
 pub mod decide;
 pub mod demo;
 pub mod engine;
@@ -79,6 +80,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("invalid --store: {0}")]
     Store(#[from] routes::shared::StoreError),
+    #[error("invalid credentials file {path}: {reason}")]
+    Credentials { path: String, reason: String },
 }
 
 /// Aborts a background task when dropped.
@@ -126,7 +129,25 @@ pub async fn run(
         signer,
         settings.workers,
     );
-    let app = Arc::new(App::new(settings, routes, writer.clone(), gate, events, metrics));
+    let mut credentials = Arc::new(credentials::Credentials::default());
+    if let Some(path) = &settings.credentials {
+        match std::fs::read(path) {
+            Ok(bytes) => match credentials::parse(&bytes) {
+                Ok(map) => credentials = Arc::new(credentials::Credentials::new(map)),
+                Err(reason) => {
+                    return Err(StartError::Credentials { path: path.display().to_string(), reason })
+                }
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e.kind(), "credentials file not readable; starting with none")
+            }
+        }
+    }
+    let mut app = App::new(settings, routes, writer.clone(), gate, events, metrics);
+    app.credentials = Arc::clone(&credentials);
+    let app = Arc::new(app);
+    let _credentials_watch =
+        app.settings.credentials.clone().map(|path| credentials::watch(path, credentials, metrics));
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {

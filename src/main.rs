@@ -151,6 +151,33 @@ fn check(args: &CheckArgs) -> ExitCode {
             ExitCode::from(1)
         }
         Ok(table) => {
+            if let Some(path) = &args.credentials {
+                let credentials = match std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| callgate::credentials::parse(&b))
+                {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        println!("{}: {reason}", path.display());
+                        return ExitCode::from(1);
+                    }
+                };
+                let missing = table
+                    .credential_ids()
+                    .into_iter()
+                    .filter(|(_, id)| !credentials.contains_key(id.as_str()))
+                    .collect::<Vec<_>>();
+                for (place, id) in &missing {
+                    println!(
+                        "{}: {place}: credential_id {id:?} is not in {}",
+                        args.routes.display(),
+                        path.display()
+                    );
+                }
+                if !missing.is_empty() {
+                    return ExitCode::from(1);
+                }
+            }
             for warning in
                 callgate::routes::timeout_warnings(&table, args.gate_timeout, args.upstream_timeout)
             {

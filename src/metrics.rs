@@ -9,8 +9,10 @@ use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::decide::breaker::CircuitState;
+use crate::decide::chain::{CheckResult, CheckStatus};
 use crate::decide::context::ContextResult;
 use crate::decide::{Cause, Decision, DedupResult, Dropped, GateResult, Verdict};
+use crate::routes::checks::CheckType;
 
 /// Why the engine could not answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +148,9 @@ pub struct Metrics {
     admin_writes_error: Counter,
     tls_reloads_ok: Counter,
     tls_reloads_error: Counter,
+    /// `callgate_checks_total`, by check type then result (proceed, skip, failure).
+    checks: [[Counter; 3]; CheckType::ALL.len()],
+    credentials_reloads: [Counter; 2],
     events: [Counter; 3],
     events_dropped: [Counter; 2],
     events_pending: Gauge,
@@ -153,6 +158,7 @@ pub struct Metrics {
     events_outbox_errors: Counter,
     store_up: Gauge,
     store_errors: [Counter; 3],
+    open_connections: Gauge,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -209,6 +215,12 @@ impl Metrics {
             admin_writes_error: metrics::counter!("callgate_admin_writes_total", "result" => "error"),
             tls_reloads_ok: metrics::counter!("callgate_tls_reloads_total", "result" => "ok"),
             tls_reloads_error: metrics::counter!("callgate_tls_reloads_total", "result" => "error"),
+            checks: CheckType::ALL.map(|t| {
+                ["proceed", "skip", "failure"]
+                    .map(|r| metrics::counter!("callgate_checks_total", "type" => t.as_str(), "result" => r))
+            }),
+            credentials_reloads: ["ok", "error"]
+                .map(|r| metrics::counter!("callgate_credentials_reloads_total", "result" => r)),
             events: EventResult::ALL
                 .map(|r| metrics::counter!("callgate_events_total", "result" => r.as_str())),
             events_dropped: EventDrop::ALL
@@ -219,10 +231,12 @@ impl Metrics {
             store_up: metrics::gauge!("callgate_store_up"),
             store_errors: StoreOp::ALL
                 .map(|op| metrics::counter!("callgate_store_errors_total", "op" => op.as_str())),
+            open_connections: metrics::gauge!("callgate_open_connections"),
         };
         m.store_up.set(1.0);
         m.events_pending.set(0.0);
         m.events_outbox_ok.set(1.0);
+        m.open_connections.increment(0.0);
         metrics::gauge!("callgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Counters exist from registration; touch each so the exporter renders it at 0.
         for c in m
@@ -250,6 +264,9 @@ impl Metrics {
             &m.admin_writes_error,
             &m.events_outbox_errors,
         ] {
+            c.increment(0);
+        }
+        for c in m.checks.iter().flatten().chain(&m.credentials_reloads) {
             c.increment(0);
         }
         m.circuits_open.set(0.0);
@@ -287,6 +304,24 @@ impl Metrics {
         if let Some(used) = verdict.context {
             self.record_context(used.result());
         }
+        self.record_checks(&verdict.checks);
+    }
+
+    /// Each run check's result (a disabled check is not counted).
+    pub fn record_checks(&self, results: &[CheckResult]) {
+        for r in results {
+            let result = match r.status {
+                CheckStatus::Proceed => 0,
+                CheckStatus::Skip => 1,
+                CheckStatus::Failed => 2,
+                CheckStatus::Disabled => continue,
+            };
+            self.checks[r.check_type as usize][result].increment(1);
+        }
+    }
+
+    pub fn record_credentials_reload(&self, ok: bool) {
+        self.credentials_reloads[usize::from(!ok)].increment(1);
     }
 
     /// A duplicate CallSid given the first decision (not counted as a decision of its own).
@@ -326,6 +361,12 @@ impl Metrics {
 
     pub fn record_upstream_error(&self, cause: UpstreamCause) {
         self.upstream_errors[cause as usize].increment(1);
+    }
+
+    /// A client connection on the public listener opened (`+1`) or closed (`-1`); upgraded
+    /// connections count until their relay ends.
+    pub fn record_open_connections(&self, delta: f64) {
+        self.open_connections.increment(delta);
     }
 
     pub fn record_signature_failure(&self) {
@@ -457,6 +498,11 @@ fn describe() {
         "Inbound calls decided by a gate in shadow mode (the denominator for shadow_reject)."
     );
     describe_counter!("callgate_routes_reloads_total", "Routes file reloads, by result.");
+    describe_counter!(
+        "callgate_checks_total",
+        "Checks of chain gates and prechecks run, by type and result."
+    );
+    describe_counter!("callgate_credentials_reloads_total", "Credentials file reloads, by result.");
     describe_gauge!("callgate_routes_entries", "Entries in the routing table in force, by kind.");
     describe_gauge!("callgate_routes_last_reload_success", "1 if the last routes reload succeeded, else 0.");
     describe_counter!("callgate_admin_writes_total", "Admin API writes, by result.");
@@ -485,6 +531,10 @@ fn describe() {
     describe_counter!(
         "callgate_store_errors_total",
         "Shared store operations that failed, by op: read, write, subscribe."
+    );
+    describe_gauge!(
+        "callgate_open_connections",
+        "Client connections open on the public listener, upgraded (WebSocket) ones included."
     );
     describe_gauge!("callgate_build_info", "Build information; the value is always 1.");
 }

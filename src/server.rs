@@ -5,11 +5,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::app::{App, PathKind};
-use crate::conn::{Activity, Tracked, Verdict};
+use crate::conn::{Activity, Slot, Tracked, Verdict};
 use crate::engine::Peer;
 use crate::error::text_response;
 use crate::metrics::Route;
@@ -93,7 +95,10 @@ pub async fn serve(
     let (stop_public, public_stopped) = watch::channel(false);
     let (cut_off, cut) = watch::channel(false);
     let connections = TaskTracker::new();
-    let limits = Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls);
+    let limits = Limits {
+        metrics: Some(app.metrics),
+        ..Limits::from_settings(&app.settings, app.settings.max_connections as usize, tls)
+    };
     let listener = listener.into_std().expect("a listener leaves the runtime it was bound on");
     let workers: Vec<_> = (0..app.settings.workers)
         .map(|index| {
@@ -152,13 +157,50 @@ pub async fn serve(
     .await;
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+/// Streams one HTTP/2 connection may have open at once.
+pub const MAX_H2_STREAMS: u32 = 100;
+/// Streams a client may open and reset before they are served (the "rapid reset" flood).
+const MAX_H2_PENDING_RESETS: usize = 20;
+/// Interval of callgate's own HTTP/2 PINGs, which find a peer gone silent; an unanswered one
+/// closes the connection after [`H2_PING_TIMEOUT`]. PINGs either way never count as activity.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a listener's connections are served.
+#[derive(Clone)]
+enum Protocols {
+    /// HTTP/1.1 or HTTP/2, as the client's first bytes say.
+    Both(auto::Builder<TokioExecutor>),
+    /// HTTP/1.1 only (hyper-util's `http1_only` is ignored with upgrades, so a builder of its own).
+    Http1(http1::Builder),
+}
+
+/// HTTP/1.1 always; HTTP/2 over TLS (by ALPN) or, with `--allow-h2c`, in cleartext with prior
+/// knowledge: an h2c connection otherwise would open a multiplexed stream of requests on a
+/// listener sized and timed for HTTP/1.1.
+fn connection_builder(h2: bool) -> Protocols {
+    if !h2 {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .max_header_size(MAX_HEADER_BYTES);
+        return Protocols::Http1(builder);
+    }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Header and idle limits are kept by the connection watchdog (see `conn`), not hyper's
     // header timer, which would also end keep-alive connections waiting for their next request.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HEADER_BYTES);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    Protocols::Both(builder)
 }
 
 /// What every connection on one listener is held to.
@@ -169,6 +211,10 @@ pub struct Limits {
     /// A permit per open connection, shared by every accept loop on the listener.
     pub max_connections: Arc<Semaphore>,
     pub tls: Option<TlsAcceptor>,
+    /// HTTP/2 is served: over TLS, or in cleartext with `--allow-h2c`.
+    pub h2: bool,
+    /// Where open connections are counted (the public listener's).
+    pub metrics: Option<&'static crate::metrics::Metrics>,
 }
 
 impl Limits {
@@ -181,6 +227,8 @@ impl Limits {
             header_timeout: settings.header_timeout,
             idle_timeout: settings.idle_timeout,
             max_connections: Arc::new(Semaphore::new(max_connections)),
+            h2: tls.is_some() || settings.allow_h2c,
+            metrics: None,
             tls,
         }
     }
@@ -199,7 +247,7 @@ async fn accept_loop<M, S, F>(
     S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ResBody>> + Send + 'static,
 {
-    let builder = connection_builder();
+    let builder = connection_builder(limits.h2);
     loop {
         // At the limit, stop accepting until a connection closes (the kernel queues the rest).
         let permit = tokio::select! {
@@ -225,7 +273,9 @@ async fn accept_loop<M, S, F>(
         let (builder, stopped, limits) = (builder.clone(), stopped.clone(), limits.clone());
         connections.spawn(async move {
             let activity = Activity::new();
-            let stream = Tracked::new(stream, Arc::clone(&activity));
+            // The permit lives with the socket: an upgraded connection keeps it until its
+            // relay ends.
+            let stream = Tracked::new(stream, Arc::clone(&activity), Some(Slot::new(permit, limits.metrics)));
             match &limits.tls {
                 None => {
                     serve_connection(TokioIo::new(stream), activity, &limits, builder, service, stopped).await
@@ -233,6 +283,9 @@ async fn accept_loop<M, S, F>(
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                activity.set_h2();
+                            }
                             serve_connection(TokioIo::new(tls), activity, &limits, builder, service, stopped)
                                 .await
                         }
@@ -243,7 +296,6 @@ async fn accept_loop<M, S, F>(
                     }
                 }
             }
-            drop(permit);
         });
     }
 }
@@ -252,9 +304,9 @@ async fn serve_connection<I, S, F>(
     io: TokioIo<I>,
     activity: Arc<Activity>,
     limits: &Limits,
-    builder: auto::Builder<TokioExecutor>,
+    protocols: Protocols,
     service: S,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
@@ -272,8 +324,32 @@ async fn serve_connection<I, S, F>(
             }
         })
     };
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
+    match protocols {
+        Protocols::Both(builder) => {
+            let connection = builder.serve_connection_with_upgrades(io, service);
+            tokio::pin!(connection);
+            watch_connection(connection, |c| c.graceful_shutdown(), &activity, limits, stopped).await
+        }
+        Protocols::Http1(builder) => {
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(connection);
+            watch_connection(connection, |c| c.graceful_shutdown(), &activity, limits, stopped).await
+        }
+    }
+}
+
+/// Drives `connection` until it ends, the drain asks it to finish (`shutdown`), or the
+/// watchdog finds it too slow or idle (dropped: the socket closes).
+async fn watch_connection<C, E>(
+    mut connection: Pin<&mut C>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    activity: &Activity,
+    limits: &Limits,
+    mut stopped: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut watchdog = tokio::time::interval(tick);
@@ -281,7 +357,7 @@ async fn serve_connection<I, S, F>(
         tokio::select! {
             result = connection.as_mut() => break result,
             _ = stop_signal(&mut stopped) => {
-                connection.as_mut().graceful_shutdown();
+                shutdown(connection.as_mut());
                 break connection.await;
             }
             _ = watchdog.tick() => match activity.verdict(limits.header_timeout, limits.idle_timeout) {

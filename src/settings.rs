@@ -113,6 +113,9 @@ pub struct CheckArgs {
     /// Engine timeout, added to each gate's timeout for the 15 s warning.
     #[arg(long, env = "CALLGATE_UPSTREAM_TIMEOUT", default_value = "9s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// Credentials file: each credential_id the routes name must be in it.
+    #[arg(long, env = "CALLGATE_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
     /// The Twilio deadline, for the context-wait warning.
     #[arg(long, env = "CALLGATE_TWILIO_DEADLINE", default_value = "14s", value_parser = parse_duration)]
     pub twilio_deadline: Duration,
@@ -167,14 +170,18 @@ pub struct ServeArgs {
     /// Accept http:// gate URLs (local gates, tests).
     #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_insecure_gates: bool,
+    /// Serve cleartext HTTP/2 with prior knowledge on --listen (without TLS, HTTP/1.1 only).
+    #[arg(long, env = "CALLGATE_ALLOW_H2C", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_h2c: bool,
     /// To receive a request head (and a TLS handshake).
     #[arg(long, env = "CALLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
     /// Keep-alive connections idle longer are closed.
     #[arg(long, env = "CALLGATE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// Open client connections; beyond it, accepting pauses.
-    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Open client connections; beyond it, accepting pauses. The default fits the shipped
+    /// Deployment's memory limit (README "Security": ~93 KiB per slow 64 KiB voice request).
+    #[arg(long, env = "CALLGATE_MAX_CONNECTIONS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// Threads serving calls (default: the CPUs callgate may use, by its cgroup limit).
     #[arg(long, env = "CALLGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -224,6 +231,9 @@ pub struct ServeArgs {
     /// Recent decisions kept for GET /v1/calls/{call_sid}.
     #[arg(long, env = "CALLGATE_DECISION_LOG_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(..=10_000_000))]
     pub decision_log_size: u32,
+    /// Secrets for check placeholders, {"cred_id": {"key": "secret"}}; hot-reloaded.
+    #[arg(long, env = "CALLGATE_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
     /// Where decision events go (reject, fail_closed, fail_open); https://, or http:// with
     /// --allow-insecure-gates.
     #[arg(long, env = "CALLGATE_EVENTS_URL")]
@@ -522,6 +532,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub gate_max_pending: u32,
     pub allow_insecure_gates: bool,
+    /// Cleartext HTTP/2 with prior knowledge on the listeners (`--allow-h2c`).
+    pub allow_h2c: bool,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
@@ -543,6 +555,7 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     pub twilio_deadline: Duration,
     pub decision_log_size: usize,
+    pub credentials: Option<PathBuf>,
     /// `--events-url`; with it, `events_signing_secret` is set.
     pub events_url: Option<EventsUrl>,
     pub events_signing_secret: Option<Secret>,
@@ -627,6 +640,7 @@ impl Settings {
             upstream_timeout: args.upstream_timeout,
             gate_max_pending: args.gate_max_pending,
             allow_insecure_gates: args.allow_insecure_gates,
+            allow_h2c: args.allow_h2c,
             header_timeout: args.header_timeout,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
@@ -647,6 +661,7 @@ impl Settings {
             tls_key: args.tls_key,
             twilio_deadline: args.twilio_deadline,
             decision_log_size: args.decision_log_size as usize,
+            credentials: args.credentials,
             events_url,
             events_signing_secret: args.events_signing_secret,
             events_retry_schedule: args.events_retry_schedule,
@@ -679,6 +694,7 @@ impl Settings {
             tls_cert: None,
             tls_key: None,
             signed_paths: Vec::new(),
+            credentials: None,
             events_url: None,
             events_signing_secret: None,
             ..args

@@ -300,7 +300,21 @@ async fn the_demo_answers_every_line_it_prints() {
             decided.push(expected);
         }
     }
-    assert_eq!(decided, ["accept", "accept", "reject", "fail_open", "fail_open", "fail_closed", "no_gate"]);
+    assert_eq!(
+        decided,
+        [
+            "accept",
+            "accept",
+            "reject",
+            "fail_open",
+            "fail_open",
+            "fail_closed",
+            "no_gate",
+            "accept",
+            "reject",
+            "reject"
+        ]
+    );
     assert_eq!(engine_saw_context, 1, "the demo pushes a context for its first call");
     let enriched = lines.iter().position(|l| l.contains("To=+15005550006")).expect("the enriched call");
     let (url, form) = parse_curl(&lines[enriched]);

@@ -5,14 +5,15 @@
 //! resolve the gate (one routes snapshot) → dedup (a CallSid already decided, or being decided,
 //! gets that decision) → take pushed caller context, waiting for it up to the agent's
 //! `context_wait_ms` → the breaker (an open circuit decides at once) → ask the gate within what
-//! the deadline leaves → settle the answer by the gate's `on_failure` → the gate's `mode` (shadow
-//! never blocks) → seal what the engine is handed (`X-Callgate-Context`).
+//! the deadline leaves, or for a chain gate run its checks ([`chain`]) → settle the answer by the
+//! gate's `on_failure` → the gate's `mode` (shadow never blocks) → seal what the engine is handed (`X-Callgate-Context`).
 //!
 //! Nothing here speaks HTTP to Twilio or the engine, records metrics or logs: the webhook does
 //! that, from the verdict, in one place.
 
 pub mod answer;
 pub mod breaker;
+pub mod chain;
 pub mod context;
 pub mod dedup;
 pub mod record;
@@ -78,11 +79,15 @@ pub struct Stages<'a> {
     pub breaker: &'a Breaker,
     pub dedup: &'a Dedup,
     pub contexts: &'a dyn ContextStore,
+    /// Secrets for check placeholders.
+    pub credentials: &'a crate::credentials::Credentials,
+    /// The time schedules are read at (injected in tests).
+    pub clock: fn() -> jiff::Timestamp,
 }
 
 /// Decides `call`: every stage in order, each able to end the call's decision early.
 pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
-    let (gate, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
+    let (gate, chain, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
     let Some(gate) = gate else {
         // No gate to ask, but pushed context still reaches the engine.
         let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
@@ -106,7 +111,11 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
     };
     // After dedup, so that a duplicate never takes a second context.
     let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
-    let verdict = ask(stages, call, deadline, &gate, source, number_agent_id, taken).await;
+    let verdict = if gate.chain().is_some() {
+        run_chain(stages, call, deadline, &gate, chain, source, number_agent_id, taken).await
+    } else {
+        ask(stages, call, deadline, &gate, source, number_agent_id, taken).await
+    };
     if let Some(lead) = lead {
         lead.settle(&verdict);
     }
@@ -173,6 +182,49 @@ fn finish(mut verdict: Verdict, gate: &Gate) -> Verdict {
     verdict
 }
 
+/// A chain gate (`checks` or `check_set`): its checks in order within what the deadline leaves,
+/// settled by the gate's `on_failure`. The checks' own HTTP attempts are not the breaker's: a
+/// chain has no single origin to trip.
+#[allow(clippy::too_many_arguments)]
+async fn run_chain(
+    stages: &Stages<'_>,
+    call: &Call,
+    deadline: Deadline,
+    gate: &Gate,
+    chain: Option<Arc<[crate::routes::Check]>>,
+    source: Source,
+    number_agent_id: Option<Arc<str>>,
+    taken: Taken,
+) -> Verdict {
+    let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
+    let started = Instant::now();
+    let facts = chain::Facts::Call {
+        from: &call.from,
+        to: &call.to,
+        call_id: &call.call_id,
+        agent_id: number_agent_id.as_deref(),
+    };
+    // A check set removed since the gate was read leaves no checks: the gate's own failure
+    // policy decides, with cause `config`.
+    let outcome = match &chain {
+        Some(checks) => {
+            let context = taken.fields.as_deref();
+            chain::run(stages, checks, &facts, context, gate.on_failure(), started + limit, (stages.clock)())
+                .await
+        }
+        None => chain::Outcome { end: chain::End::Timeout(None), results: Vec::new() },
+    };
+    let mut verdict = chain::settle_chain(outcome, gate.on_failure(), source, number_agent_id);
+    if chain.is_none() {
+        verdict.cause = Some(Cause::Config);
+    }
+    if let Some(run) = &mut verdict.gate {
+        run.elapsed = started.elapsed();
+    }
+    taken.apply(&mut verdict);
+    finish(verdict, gate)
+}
+
 /// A shadow gate's verdict: never blocks (`shadow_reject` where it would have), and its
 /// enrichment is recorded but not forwarded.
 pub fn shadow(verdict: &mut Verdict) {
@@ -221,14 +273,18 @@ async fn take_context(
     Taken { context, fields: lookup.into_fields().map(Arc::new), waited: started.elapsed() }
 }
 
-/// Resolves `to` in one snapshot of the table, taking out only what the call needs (its gate,
-/// where the gate came from, the number's agent and that agent's `context_wait_ms`), so that no
+/// What a call takes out of one snapshot of the table: its gate, a chain gate's checks, where the
+/// gate came from, the number's agent and that agent's `context_wait_ms`.
+type Resolved = (Option<Arc<Gate>>, Option<Arc<[crate::routes::Check]>>, Source, Option<Arc<str>>, u32);
+
+/// Resolves `to` in one snapshot of the table, taking out only what the call needs, so that no
 /// snapshot is held across a wait.
-fn resolve(routes: &RouteStore, to: &str) -> (Option<Arc<Gate>>, Source, Option<Arc<str>>, u32) {
+fn resolve(routes: &RouteStore, to: &str) -> Resolved {
     let table = routes.load();
     let resolution = table.resolve(to);
+    let chain = resolution.gate.and_then(|g| table.chain_of(g)).cloned();
     let wait = resolution.agent_id.map_or(0, |id| table.agent_context_wait_ms(id));
-    (resolution.gate.cloned(), resolution.source, resolution.agent_id.cloned(), wait)
+    (resolution.gate.cloned(), chain, resolution.source, resolution.agent_id.cloned(), wait)
 }
 
 /// The decision table: what a gate's answer comes to under its `on_failure`. Pure; the gate's

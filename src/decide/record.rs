@@ -55,7 +55,7 @@ impl Record {
             cause: verdict.cause.map(|c| c.as_str()),
             reason: verdict.reason.clone(),
             gate_ms: verdict.gate_ms(),
-            checks: None,
+            checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
             context: verdict.context.map(|c| c.as_str()),
             dedup: verdict.dedup.map(|d| d.as_str()),
             at: humantime::format_rfc3339_millis(at).to_string(),

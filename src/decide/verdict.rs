@@ -248,6 +248,8 @@ pub struct Verdict {
     pub context_too_large: bool,
     /// Whether the enrichment is forwarded (not for a shadow gate).
     pub forward_enrichment: bool,
+    /// Each check's result, for a chain gate.
+    pub checks: Vec<super::chain::CheckResult>,
     /// Set when this is a duplicate CallSid's copy of the first decision: it is not counted or
     /// recorded as a decision of its own.
     pub dedup: Option<DedupResult>,
@@ -277,6 +279,7 @@ impl Verdict {
             context_header: None,
             context_too_large: false,
             forward_enrichment: true,
+            checks: Vec::new(),
             dedup: None,
             shadow: false,
             context: None,
@@ -320,6 +323,9 @@ impl Verdict {
         if let Some(context) = &self.pushed_context {
             carried.insert("context".into(), Value::Object(Fields::clone(context)));
         }
+        if !self.checks.is_empty() {
+            carried.insert("checks".into(), self.checks_json());
+        }
         if carried.is_empty() {
             return;
         }
@@ -340,6 +346,11 @@ impl Verdict {
         }
         self.context_header =
             Some(HeaderValue::try_from(encoded).expect("base64url is a valid header value"));
+    }
+
+    /// The chain's results as `[{"name", "status", "reason"?}]`.
+    pub fn checks_json(&self) -> Value {
+        Value::Array(self.checks.iter().map(super::chain::CheckResult::to_json).collect())
     }
 
     /// Each dropped piece of enrichment, by reason, for the metrics.

@@ -12,17 +12,22 @@ use serde::{Deserialize, Serialize};
 
 use super::shape::{Fields, Name, Object, Scalar};
 use super::{
-    validate_agent_id, Agent, Gate, GateError, Mode, NumberEntry, NumberKey, OnFailure, RouteTable,
-    RoutesError, ValidateOptions, BAD_CONTEXT_WAIT, MAX_CONTEXT_WAIT_MS, NOT_AGENT_ID, NOT_E164,
+    validate_agent_id, Agent, Chain, Check, Gate, GateError, Mode, NumberEntry, NumberKey, OnFailure,
+    RouteTable, RoutesError, ValidateOptions, BAD_CONTEXT_WAIT, MAX_CONTEXT_WAIT_MS, NOT_AGENT_ID, NOT_E164,
 };
 
-/// A gate as written in the routes file (and in an admin API body), before validation. It
-/// borrows from the input. No `Debug`: the URL may hold a secret.
-#[derive(Clone, Deserialize)]
+/// A gate as written in the routes file (and in an admin API body), before validation: one of
+/// `url`, `checks` or `check_set`. It borrows from the input. No `Debug`: the URL may hold a
+/// secret.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a gate object {\"url\": ...}")]
 pub struct GateSpec<'a> {
-    #[serde(borrow)]
-    pub url: Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub url: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub checks: Option<serde_json::Value>,
+    #[serde(default, borrow, deserialize_with = "opt_str")]
+    pub check_set: Option<Cow<'a, str>>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Kept as a string so that a bad value is a reported problem, not a parse failure.
@@ -34,28 +39,64 @@ pub struct GateSpec<'a> {
 }
 
 impl GateSpec<'_> {
-    /// The validated gate, or every problem with it (each naming its field).
+    /// The validated gate, or every problem with it (each naming its field). A `check_set`
+    /// is checked for its name only: whether the set exists is the table's business.
     pub fn validate(&self, opts: &ValidateOptions) -> Result<Gate, Vec<GateError>> {
-        let url = super::check_url(&self.url, opts);
-        let timeout_ms = self.timeout_ms.map(super::check_timeout).transpose();
-        let on_failure = self.on_failure.as_deref().map(str::parse::<OnFailure>).transpose();
-        let mode = self.mode.as_deref().map(str::parse::<Mode>).transpose();
-        match (url, timeout_ms, on_failure, mode) {
-            (Ok((uri, display, origin)), Ok(timeout_ms), Ok(on_failure), Ok(mode)) => Ok(Gate {
-                url: self.url.as_ref().into(),
-                uri,
-                display,
-                timeout_ms,
-                on_failure: on_failure.unwrap_or_default(),
-                mode: mode.unwrap_or_default(),
-                origin,
-            }),
-            (url, timeout_ms, on_failure, mode) => {
-                Err([url.err(), timeout_ms.err(), on_failure.err(), mode.err()]
-                    .into_iter()
-                    .flatten()
-                    .collect())
+        let mut problems = Vec::new();
+        let timeout_ms = self.timeout_ms.map(super::check_timeout).transpose().unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
+        let on_failure =
+            self.on_failure.as_deref().map(str::parse::<OnFailure>).transpose().unwrap_or_else(|e| {
+                problems.push(e);
+                None
+            });
+        let on_failure = on_failure.unwrap_or_default();
+        let mode = self.mode.as_deref().map(str::parse::<Mode>).transpose().unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
+        let mode = mode.unwrap_or_default();
+        let gate = match (&self.url, &self.checks, &self.check_set) {
+            (Some(url), None, None) => match super::check_url(url, opts) {
+                Ok((uri, display, origin)) => Some(Gate {
+                    url: url.as_ref().into(),
+                    uri,
+                    display,
+                    timeout_ms,
+                    on_failure,
+                    mode,
+                    origin,
+                    chain: None,
+                }),
+                Err(e) => {
+                    problems.insert(0, e);
+                    None
+                }
+            },
+            (None, Some(checks), None) => {
+                let mut lines = Vec::new();
+                let checks = super::checks::parse_checks(checks, "checks", opts, &mut lines);
+                problems.extend(lines.into_iter().map(GateError::Check));
+                checks.map(|c| Gate::chained(Chain::Checks(c.into()), timeout_ms, on_failure, mode))
             }
+            (None, None, Some(name)) => {
+                if super::validate_agent_id(name) {
+                    Some(Gate::chained(Chain::Set(Arc::from(name.as_ref())), timeout_ms, on_failure, mode))
+                } else {
+                    problems.push(GateError::CheckSet("not a valid check set name"));
+                    None
+                }
+            }
+            _ => {
+                problems.insert(0, GateError::Kind);
+                None
+            }
+        };
+        match gate {
+            Some(gate) if problems.is_empty() => Ok(gate),
+            _ => Err(problems),
         }
     }
 }
@@ -112,9 +153,14 @@ pub(super) fn parse(bytes: &[u8], opts: &ValidateOptions) -> Result<RouteTable, 
     let mut loader = Loader::new(opts);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     // Only broken syntax stops the read; every other problem is recorded and the read goes on.
-    let read = Object(FileFields { l: &mut loader, agents: false, numbers: false });
+    let read = Object(FileFields { l: &mut loader, agents: false, numbers: false, check_sets: false });
     if let Err(e) = read.deserialize(&mut de).and_then(|_| de.end()) {
         loader.problem(format_args!("{}", structure_problem(&e)));
+    }
+    for (at, name) in std::mem::take(&mut loader.set_refs) {
+        if !loader.check_sets.contains_key(&*name) {
+            loader.problem(format_args!("{at}.gate.check_set: no check set named {}", Name(&name)));
+        }
     }
     if loader.unlisted > 0 {
         let more = format!("... and {} more problems", loader.unlisted);
@@ -123,7 +169,11 @@ pub(super) fn parse(bytes: &[u8], opts: &ValidateOptions) -> Result<RouteTable, 
     if !loader.problems.is_empty() {
         return Err(RoutesError { problems: loader.problems });
     }
-    Ok(RouteTable { agents: Arc::new(loader.agents), numbers: Arc::new(loader.numbers) })
+    Ok(RouteTable {
+        agents: Arc::new(loader.agents),
+        numbers: Arc::new(loader.numbers),
+        check_sets: Arc::new(loader.check_sets),
+    })
 }
 
 /// `line L column C: message`, with any string value the message quotes left out: a gate URL
@@ -158,6 +208,9 @@ struct Loader<'o> {
     bad_number_keys: FxHashSet<Box<str>>,
     problems: Vec<String>,
     unlisted: usize,
+    check_sets: std::collections::BTreeMap<Arc<str>, Arc<[Check]>>,
+    /// Gates naming a check set (where, which): checked once the whole file is read.
+    set_refs: Vec<(String, Arc<str>)>,
 }
 
 impl<'o> Loader<'o> {
@@ -171,6 +224,8 @@ impl<'o> Loader<'o> {
             bad_number_keys: FxHashSet::default(),
             problems: Vec::new(),
             unlisted: 0,
+            check_sets: Default::default(),
+            set_refs: Vec::new(),
         }
     }
 
@@ -179,6 +234,32 @@ impl<'o> Loader<'o> {
             self.problems.push(line.to_string());
         } else {
             self.unlisted += 1;
+        }
+    }
+
+    /// The top-level `check_sets`: name to an array of checks.
+    fn check_sets_from(&mut self, sets: &serde_json::Value) {
+        let Some(sets) = sets.as_object() else {
+            let kind = if sets.is_array() { "array" } else { "a value other than an object" };
+            self.problem(format_args!(
+                "check_sets: invalid type: {kind}, expected an object of names to checks"
+            ));
+            return;
+        };
+        for (name, checks) in sets {
+            let at = Entry("check_sets", name);
+            if !validate_agent_id(name) {
+                self.problem(format_args!("{at}: not a valid check set name (as an agent id)"));
+                continue;
+            }
+            let mut lines = Vec::new();
+            let parsed = super::checks::parse_checks(checks, &at.to_string(), self.opts, &mut lines);
+            for line in lines {
+                self.problem(format_args!("{line}"));
+            }
+            if let Some(parsed) = parsed {
+                self.check_sets.insert(name.as_str().into(), parsed.into());
+            }
         }
     }
 
@@ -194,10 +275,18 @@ impl<'o> Loader<'o> {
     /// The validated gate, or `None` with each problem recorded under `section.key.gate`.
     fn gate(&mut self, spec: GateSpec<'_>, at: Entry<'_>) -> Option<Arc<Gate>> {
         match spec.validate(self.opts) {
-            Ok(gate) => Some(Arc::new(gate)),
+            Ok(gate) => {
+                if let Some(Chain::Set(name)) = gate.chain() {
+                    self.set_refs.push((at.to_string(), Arc::clone(name)));
+                }
+                Some(Arc::new(gate))
+            }
             Err(problems) => {
                 for p in problems {
-                    self.problem(format_args!("{at}.gate.{p}"));
+                    match p {
+                        GateError::Kind => self.problem(format_args!("{at}.gate: {p}")),
+                        _ => self.problem(format_args!("{at}.gate.{p}")),
+                    }
                 }
                 None
             }
@@ -220,6 +309,7 @@ struct FileFields<'l, 'o> {
     l: &'l mut Loader<'o>,
     agents: bool,
     numbers: bool,
+    check_sets: bool,
 }
 
 impl<'de> Fields<'de> for FileFields<'_, '_> {
@@ -228,9 +318,12 @@ impl<'de> Fields<'de> for FileFields<'_, '_> {
             let (seen, section) = match &*field {
                 "agents" => (&mut self.agents, "agents"),
                 "numbers" => (&mut self.numbers, "numbers"),
+                "check_sets" => (&mut self.check_sets, "check_sets"),
                 _ => {
                     let name = Name(&field);
-                    self.l.problem(format_args!("unknown field {name}, expected `agents` or `numbers`"));
+                    self.l.problem(format_args!(
+                        "unknown field {name}, expected `agents`, `numbers` or `check_sets`"
+                    ));
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
@@ -240,6 +333,9 @@ impl<'de> Fields<'de> for FileFields<'_, '_> {
                 map.next_value::<IgnoredAny>()?;
             } else if section == "agents" {
                 map.next_value_seed(Object(AgentsFields(&mut *self.l)))?;
+            } else if section == "check_sets" {
+                let super::checks::StrictValue(sets) = map.next_value()?;
+                self.l.check_sets_from(&sets);
             } else {
                 map.next_value_seed(Object(NumbersFields(&mut *self.l)))?;
             }
@@ -459,12 +555,14 @@ struct GateFields<'l, 'o, 'k, 'de> {
     url: Option<Cow<'de, str>>,
     timeout_ms: Option<u64>,
     on_failure: Option<Cow<'de, str>>,
+    checks: Option<serde_json::Value>,
+    check_set: Option<Cow<'de, str>>,
     mode: Option<Cow<'de, str>>,
-    /// `url`, `timeout_ms`, `on_failure`, `mode`.
-    seen: [bool; 4],
+    /// `url`, `timeout_ms`, `on_failure`, `mode`, `checks`, `check_set`.
+    seen: [bool; 6],
 }
 
-const GATE_FIELDS: [&str; 4] = ["url", "timeout_ms", "on_failure", "mode"];
+const GATE_FIELDS: [&str; 6] = ["url", "timeout_ms", "on_failure", "mode", "checks", "check_set"];
 
 impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
     fn new(l: &'l mut Loader<'o>, at: Entry<'k>) -> Self {
@@ -475,21 +573,33 @@ impl<'l, 'o, 'k, 'de> GateFields<'l, 'o, 'k, 'de> {
             url: None,
             timeout_ms: None,
             on_failure: None,
+            checks: None,
+            check_set: None,
             mode: None,
-            seen: [false; 4],
+            seen: [false; 6],
         }
     }
 
-    /// The gate as written, or `None` (a missing `url` recorded as a problem).
+    /// The gate as written, or `None`.
     fn spec(self) -> Option<GateSpec<'de>> {
         if !self.object {
             return None;
         }
-        if !self.seen[0] {
-            self.l.problem(format_args!("{}.gate: missing field `url`", self.at));
+        let kinds = [&self.seen[0], &self.seen[4], &self.seen[5]].into_iter().filter(|s| **s).count();
+        let given = usize::from(self.url.is_some())
+            + usize::from(self.checks.is_some())
+            + usize::from(self.check_set.is_some());
+        if kinds != 1 || given != 1 {
+            // A value of the wrong type was reported already.
+            if kinds != 1 {
+                self.l.problem(format_args!("{}.gate: {}", self.at, GateError::Kind));
+            }
+            return None;
         }
         Some(GateSpec {
-            url: self.url?,
+            url: self.url,
+            checks: self.checks,
+            check_set: self.check_set,
             timeout_ms: self.timeout_ms,
             on_failure: self.on_failure,
             mode: self.mode,
@@ -505,7 +615,7 @@ impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
             let Some(i) = GATE_FIELDS.iter().position(|f| *f == field) else {
                 let name = Name(&field);
                 self.l.problem(format_args!(
-                    "{at}.gate: unknown field {name}, expected `url`, `timeout_ms`, `on_failure` or `mode`"
+                    "{at}.gate: unknown field {name}, expected `url`, `checks`, `check_set`, `timeout_ms`, `on_failure` or `mode`"
                 ));
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -516,10 +626,16 @@ impl<'de> Fields<'de> for GateFields<'_, '_, '_, 'de> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
+            if i == 4 {
+                let super::checks::StrictValue(checks) = map.next_value()?;
+                self.checks = Some(checks);
+                continue;
+            }
             match (i, map.next_value::<Scalar<'de>>()?) {
                 (0, Scalar::Str(url)) => self.url = Some(url),
                 (1, Scalar::Int(ms)) => self.timeout_ms = Some(ms),
                 (2, Scalar::Str(policy)) => self.on_failure = Some(policy),
+                (5, Scalar::Str(name)) => self.check_set = Some(name),
                 (3, Scalar::Str(mode)) => self.mode = Some(mode),
                 (1..=3, Scalar::Null) => {}
                 (_, other) => {
@@ -583,9 +699,14 @@ impl fmt::Display for Quoted<'_> {
 // and the file diffs cleanly.
 impl Serialize for RouteTable {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut top = s.serialize_map(Some(2))?;
+        let sets = !self.check_sets.is_empty();
+        let mut top = s.serialize_map(Some(2 + usize::from(sets)))?;
         top.serialize_entry("agents", &SortedAgents(&self.agents))?;
         top.serialize_entry("numbers", &SortedNumbers(&self.numbers))?;
+        if sets {
+            let sets = self.check_sets.iter().map(|(name, checks)| (&**name, ChecksJson(checks)));
+            top.serialize_entry("check_sets", &SerMap(std::cell::Cell::new(Some(sets))))?;
+        }
         top.end()
     }
 }
@@ -649,6 +770,24 @@ impl Serialize for NumberEntry {
     }
 }
 
+/// Checks as written.
+struct ChecksJson<'a>(&'a [Check]);
+
+impl Serialize for ChecksJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Check::raw))
+    }
+}
+
+/// A map from an iterator, serialised once.
+struct SerMap<I>(std::cell::Cell<Option<I>>);
+
+impl<'k, V: Serialize, I: Iterator<Item = (&'k str, V)>> Serialize for SerMap<I> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.take().expect("serialised once"))
+    }
+}
+
 /// The routes-file form, secrets and all. `on_failure` and `mode` are written only when not
 /// the default.
 impl Serialize for Gate {
@@ -657,7 +796,11 @@ impl Serialize for Gate {
         let shadow = self.mode == Mode::Shadow;
         let len = 1 + usize::from(self.timeout_ms.is_some()) + usize::from(reject) + usize::from(shadow);
         let mut map = s.serialize_map(Some(len))?;
-        map.serialize_entry("url", &*self.url)?;
+        match &self.chain {
+            None => map.serialize_entry("url", &*self.url)?,
+            Some(Chain::Checks(checks)) => map.serialize_entry("checks", &ChecksJson(checks))?,
+            Some(Chain::Set(name)) => map.serialize_entry("check_set", &**name)?,
+        }
         if let Some(ms) = self.timeout_ms {
             map.serialize_entry("timeout_ms", &ms)?;
         }
@@ -780,10 +923,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_errors_everywhere() {
         let cases = [
-            (r#"{"agent": {}}"#, "unknown field `agent`, expected `agents` or `numbers`"),
+            (r#"{"agent": {}}"#, "unknown field `agent`, expected `agents`, `numbers` or `check_sets`"),
             (
                 r#"{"agents": {"a": {"gate": {"url": "https://x/", "timeout": 5}}}}"#,
-                "agents.a.gate: unknown field `timeout`, expected `url`, `timeout_ms`, `on_failure` or `mode`",
+                "agents.a.gate: unknown field `timeout`, expected `url`, `checks`, `check_set`, `timeout_ms`, `on_failure` or `mode`",
             ),
             (
                 r#"{"agents": {"a": {"gates": {}}}}"#,
@@ -813,7 +956,10 @@ mod tests {
                 r#"{"numbers": {"+447700900123": "a1"}}"#.into(),
                 format!("{at}: invalid type: string, expected a number object"),
             ),
-            (r#"{"agents": {"a": {"gate": {}}}}"#.into(), "agents.a.gate: missing field `url`".into()),
+            (
+                r#"{"agents": {"a": {"gate": {}}}}"#.into(),
+                "agents.a.gate: needs exactly one of `url`, `checks` or `check_set`".into(),
+            ),
             (
                 r#"{"agents": {"a": {"gate": 5}}}"#.into(),
                 "agents.a.gate: invalid type: integer, expected a gate object".into(),
@@ -853,9 +999,9 @@ mod tests {
           "numbers": {"+1": {"agent_id": "a1"}, "+447700900123": {"gate": {"url": "https://x/", "timeout_ms": 5}}}
         }"#;
         let want = [
-            "unknown field `agent`, expected `agents` or `numbers`",
+            "unknown field `agent`, expected `agents`, `numbers` or `check_sets`",
             "agents.a1.gate.timeout_ms: invalid type: string, expected an integer",
-            "agents.a1.gate: unknown field `retry`, expected `url`, `timeout_ms`, `on_failure` or `mode`",
+            "agents.a1.gate: unknown field `retry`, expected `url`, `checks`, `check_set`, `timeout_ms`, `on_failure` or `mode`",
             "agents.a1.gate.url: must be https:// (or http:// with --allow-insecure-gates)",
             "agents.a1: duplicate key",
             &format!("numbers.\"+1\": {NOT_E164}"),
@@ -1047,6 +1193,57 @@ mod tests {
     }
 
     #[test]
+    fn chain_gates_and_check_sets_parse_validate_and_round_trip() {
+        let json = r#"{
+          "agents": {"agent_support": {"gate": {"check_set": "screening", "timeout_ms": 3000}}},
+          "numbers": {"+447700900125": {"agent_id": "agent_support"},
+                      "+447700900126": {"gate": {"checks": [{"type": "caller_list", "name": "B", "deny": ["+44*"]}], "on_failure": "reject"}}},
+          "check_sets": {"screening": [
+            {"type": "caller_list", "name": "Blocklist", "deny": ["+447386172392", "+4487*"]},
+            {"type": "schedule", "name": "Opening hours", "timezone": "Europe/London",
+             "open": [{"days": ["mon", "tue", "wed", "thu", "fri"], "from": "09:00", "to": "17:30"}]},
+            {"type": "external_api", "name": "DND Check", "credential_id": "cred_dnd_provider",
+             "http_request": {"url": "https://dnd-api.example.com/check?phone={customer_mobile_number}",
+                              "headers": {"Authorization": "Bearer {dnd_api_key}"}, "timeout": 2},
+             "response_config": {"response_field": "blocked", "response_field_value": false},
+             "default_on_failure": "proceed"}]}
+        }"#;
+        let t = RouteTable::parse(json.as_bytes(), &STRICT).unwrap();
+        let gate = t.resolve("+447700900125").gate.unwrap();
+        assert_eq!(t.chain_of(gate).unwrap().len(), 3);
+        assert!(t.check_set_in_use("screening"));
+        assert_eq!(
+            t.credential_ids(),
+            [("check_sets.screening[2]".to_owned(), "cred_dnd_provider".to_owned())]
+        );
+        let text = serde_json::to_string(&t).unwrap();
+        assert_eq!(RouteTable::parse(text.as_bytes(), &STRICT).unwrap(), t);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["agents"]["agent_support"]["gate"]["check_set"], "screening");
+        assert_eq!(value["check_sets"]["screening"][2]["http_request"]["timeout"], 2);
+
+        let cases = [
+            (r#"{"agents": {"a": {"gate": {"check_set": "nope"}}}}"#, "agents.a.gate.check_set: no check set named `nope`"),
+            (
+                r#"{"agents": {"a": {"gate": {"url": "https://x/", "check_set": "s"}}}, "check_sets": {"s": []}}"#,
+                "agents.a.gate: needs exactly one of `url`, `checks` or `check_set`",
+            ),
+            (
+                r#"{"agents": {"a": {"gate": {"checks": [{"type": "schedule", "name": "h", "timezone": "Europe/London", "open": [], "x": 1}]}}}}"#,
+                "agents.a.gate.checks[0]: unknown field `x`, expected one of `type`, `name`, `enabled`, `default_on_failure`, `timezone`, `open`, `closed_dates`",
+            ),
+            (
+                r#"{"check_sets": {"s": [{"type": "external_api", "name": "e", "http_request": {"url": "https://x/", "max_retries": 9}, "response_config": {"response_field": "a", "response_field_value": 1}}]}}"#,
+                "check_sets.s[0].http_request.max_retries: must be 1 to 5 (got 9)",
+            ),
+            (r#"{"check_sets": {"s": {}}}"#, "check_sets.s: invalid type: object, expected an array of checks"),
+        ];
+        for (json, want) in cases {
+            assert_eq!(problem(json), want);
+        }
+    }
+
+    #[test]
     fn context_wait_is_checked_and_round_trips() {
         let json = r#"{"agents": {"a": {"context_wait_ms": 1500}, "b": {"context_wait_ms": 0}}}"#;
         let t = RouteTable::parse(json.as_bytes(), &STRICT).unwrap();
@@ -1095,7 +1292,7 @@ mod tests {
         let raw = Object(fields).deserialize(&mut serde_json::Deserializer::from_str(json)).unwrap();
         assert!(matches!(raw.agent_id, Some(Cow::Borrowed("a1"))));
         let spec = raw.gate.unwrap();
-        assert!(matches!((&spec.url, &spec.on_failure), (Cow::Borrowed(_), Some(Cow::Borrowed(_)))));
+        assert!(matches!((&spec.url, &spec.on_failure), (Some(Cow::Borrowed(_)), Some(Cow::Borrowed(_)))));
     }
 
     #[test]

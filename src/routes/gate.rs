@@ -101,11 +101,44 @@ pub struct Gate {
     pub(super) on_failure: OnFailure,
     pub(super) mode: Mode,
     /// `scheme://host:port` (the port always written): the circuit breaker's key, computed
-    /// once here so that a call's lookup allocates nothing.
+    /// once here so that a call's lookup allocates nothing. Empty for a chain gate, which has
+    /// no single origin.
     pub(super) origin: Arc<str>,
+    /// A chain gate's checks (then `url` is empty and `display` names the chain).
+    pub(super) chain: Option<Chain>,
+}
+
+/// What a chain gate runs: its own checks, or a named check set of the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chain {
+    Checks(Arc<[super::Check]>),
+    Set(Arc<str>),
 }
 
 impl Gate {
+    /// A chain gate (its checks already validated).
+    pub fn chained(chain: Chain, timeout_ms: Option<u32>, on_failure: OnFailure, mode: Mode) -> Gate {
+        let display = match &chain {
+            Chain::Checks(_) => "checks".into(),
+            Chain::Set(name) => format!("check_set {name}").into_boxed_str(),
+        };
+        Gate {
+            url: "".into(),
+            uri: http::Uri::default(),
+            display,
+            timeout_ms,
+            on_failure,
+            mode,
+            origin: "".into(),
+            chain: Some(chain),
+        }
+    }
+
+    /// The chain, for a chain gate (`None` for a webhook gate).
+    pub fn chain(&self) -> Option<&Chain> {
+        self.chain.as_ref()
+    }
+
     /// Validates `url` and `timeout_ms` (see [`GATE_TIMEOUT_MS`]) into a gate; the first problem
     /// found is the error (`callgate probe` builds its one gate so).
     /// [`GateSpec::validate`](crate::routes::GateSpec::validate) reports every problem instead.
@@ -117,10 +150,20 @@ impl Gate {
     ) -> Result<Gate, GateError> {
         let (uri, display, origin) = check_url(url, opts)?;
         let timeout_ms = timeout_ms.map(|ms| check_timeout(ms.into())).transpose()?;
-        Ok(Gate { url: url.into(), uri, display, timeout_ms, on_failure, mode: Mode::Enforce, origin })
+        Ok(Gate {
+            url: url.into(),
+            uri,
+            display,
+            timeout_ms,
+            on_failure,
+            mode: Mode::Enforce,
+            origin,
+            chain: None,
+        })
     }
 
-    /// The URL exactly as configured. May contain a secret query or userinfo: never log it.
+    /// The URL exactly as configured (empty for a chain gate). May contain a secret query or
+    /// userinfo: never log it.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -162,6 +205,7 @@ impl PartialEq for Gate {
         self.url == other.url
             && self.timeout_ms == other.timeout_ms
             && self.on_failure == other.on_failure
+            && self.chain == other.chain
             && self.mode == other.mode
     }
 }
@@ -205,6 +249,13 @@ pub enum GateError {
     InvalidTimeout(u64),
     #[error("on_failure: must be \"accept\" or \"reject\"")]
     InvalidOnFailure,
+    #[error("needs exactly one of `url`, `checks` or `check_set`")]
+    Kind,
+    /// A problem with a check, its path starting `checks`.
+    #[error("{0}")]
+    Check(String),
+    #[error("check_set: {0}")]
+    CheckSet(&'static str),
     #[error("mode: must be \"enforce\" or \"shadow\"")]
     InvalidMode,
 }
@@ -221,6 +272,9 @@ impl GateError {
             | GateError::InvalidUri(_) => "url",
             GateError::InvalidTimeout(_) => "timeout_ms",
             GateError::InvalidOnFailure => "on_failure",
+            GateError::Kind => "gate",
+            GateError::Check(_) => "checks",
+            GateError::CheckSet(_) => "check_set",
             GateError::InvalidMode => "mode",
         }
     }

@@ -3,6 +3,7 @@
 //! routes-file format.
 
 mod check;
+pub mod checks;
 mod file;
 mod gate;
 mod shape;
@@ -13,9 +14,10 @@ pub mod writer;
 
 pub use check::{context_wait_warnings, timeout_warnings};
 
+pub use checks::Check;
 pub use file::GateSpec;
 use gate::{check_timeout, check_url};
-pub use gate::{Gate, GateError, Mode, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
+pub use gate::{Chain, Gate, GateError, Mode, OnFailure, ValidateOptions, GATE_TIMEOUT_MS};
 
 use std::fmt;
 use std::sync::Arc;
@@ -123,6 +125,11 @@ impl NumberKey {
         Some(NumberKey(((digits.len() as u64) << VALUE_BITS) | value))
     }
 
+    /// A key of `digits` digits with `value` (for prefixes, 1 to 15 digits).
+    fn from_parts(digits: u32, value: u64) -> NumberKey {
+        NumberKey((u64::from(digits) << VALUE_BITS) | value)
+    }
+
     fn digits(self) -> usize {
         (self.0 >> VALUE_BITS) as usize
     }
@@ -181,6 +188,8 @@ struct NumberEntry {
 pub struct RouteTable {
     agents: Arc<FxHashMap<Arc<str>, Agent>>,
     numbers: Arc<FxHashMap<NumberKey, NumberEntry>>,
+    /// Named check sets (SPEC §11), sorted by name.
+    check_sets: Arc<std::collections::BTreeMap<Arc<str>, Arc<[Check]>>>,
 }
 
 impl RouteTable {
@@ -209,6 +218,59 @@ impl RouteTable {
             Some(gate) => Resolution { gate: Some(gate), source: Source::Agent, agent_id },
             None => Resolution { gate: None, source: Source::None, agent_id },
         }
+    }
+
+    /// The named check set.
+    pub fn check_set(&self, name: &str) -> Option<&Arc<[Check]>> {
+        self.check_sets.get(name)
+    }
+
+    /// Whether any gate names the check set.
+    pub fn check_set_in_use(&self, name: &str) -> bool {
+        self.gates().any(|(_, g)| matches!(g.chain(), Some(Chain::Set(n)) if &**n == name))
+    }
+
+    /// Sets or removes a check set; returns whether it was set. The caller checks that a set
+    /// removed is not in use.
+    pub fn set_check_set(&mut self, name: &str, checks: Option<Arc<[Check]>>) -> bool {
+        let sets = Arc::make_mut(&mut self.check_sets);
+        match checks {
+            Some(checks) => sets.insert(name.into(), checks).is_some(),
+            None => sets.remove(name).is_some(),
+        }
+    }
+
+    /// The checks a gate runs: its own, or its set's (`None` for a webhook gate, or a set
+    /// that is not in this table).
+    pub fn chain_of<'t>(&'t self, gate: &'t Gate) -> Option<&'t Arc<[Check]>> {
+        match gate.chain()? {
+            Chain::Checks(checks) => Some(checks),
+            Chain::Set(name) => self.check_sets.get(&**name),
+        }
+    }
+
+    /// Every `credential_id` an `external_api` check names, with where (sorted, by place).
+    pub fn credential_ids(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        let mut scan = |place: String, checks: &[Check]| {
+            for (i, check) in checks.iter().enumerate() {
+                if let checks::CheckKind::ExternalApi(api) = &check.kind {
+                    if let Some(id) = &api.credential_id {
+                        found.push((format!("{place}[{i}]"), id.to_string()));
+                    }
+                }
+            }
+        };
+        for (name, checks) in self.check_sets.iter() {
+            scan(format!("check_sets.{}", file::PathKey(name)), checks);
+        }
+        for (place, gate) in self.gates() {
+            if let Some(Chain::Checks(checks)) = gate.chain() {
+                scan(format!("{place}.checks"), checks);
+            }
+        }
+        found.sort();
+        found
     }
 
     /// Agents in the table, with or without a gate.

@@ -105,11 +105,11 @@ fn is_change(kind: &notify::EventKind) -> bool {
 }
 
 /// A file's identity, size and modification time.
-pub(super) type Stat = (u64, u64, u64, SystemTime);
+pub type Stat = (u64, u64, u64, SystemTime);
 
 /// What the poll compares: identity, size and modification time of the file the path leads
 /// to (through symlinks), or nothing if it is gone.
-pub(super) fn stat(path: &Path) -> Option<Stat> {
+pub fn stat(path: &Path) -> Option<Stat> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))

@@ -41,6 +41,11 @@ pub enum Edit {
         number: String,
         agent_id: Option<String>,
     },
+    /// Sets or removes a check set; removing one a gate names is refused.
+    CheckSet {
+        name: String,
+        checks: Option<std::sync::Arc<[super::Check]>>,
+    },
     /// 0 to [`super::MAX_CONTEXT_WAIT_MS`].
     AgentContextWait {
         agent_id: String,
@@ -77,10 +82,16 @@ pub enum WriteError {
     StoreUnavailable,
     #[error("the shared store is empty while this replica holds a table (a Redis restarted without its data?); load it with `callgate store import`")]
     StoreEmpty,
+    /// The edit names a check set the table does not have.
+    #[error("no check set named {0:?}")]
+    NoCheckSet(String),
+    /// The check set is named by a gate.
+    #[error("check set {0:?} is in use by a gate; point the gate elsewhere first")]
+    InUse(String),
 }
 
 enum Job {
-    Edit(Edit, oneshot::Sender<Result<bool, WriteError>>),
+    Edit(Box<Edit>, oneshot::Sender<Result<bool, WriteError>>),
     Reload(oneshot::Sender<()>),
     Sync(oneshot::Sender<()>),
 }
@@ -129,7 +140,7 @@ impl Writer {
     /// something that was set.
     pub async fn edit(&self, edit: Edit) -> Result<bool, WriteError> {
         let (done, answer) = oneshot::channel();
-        self.jobs.send(Job::Edit(edit, done)).await.map_err(|_| WriteError::Stopped)?;
+        self.jobs.send(Job::Edit(Box::new(edit), done)).await.map_err(|_| WriteError::Stopped)?;
         answer.await.map_err(|_| WriteError::Stopped)?
     }
 
@@ -229,7 +240,7 @@ impl Task {
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
-                    Job::Edit(edit, done) => edits.push((edit, done)),
+                    Job::Edit(edit, done) => edits.push((*edit, done)),
                     Job::Reload(done) => reloads.push(done),
                     Job::Sync(done) => syncs.push(done),
                 }
@@ -271,7 +282,8 @@ impl Task {
         let saved = tokio::task::spawn_blocking(move || {
             let mut table = RouteTable::clone(&current);
             drop(current);
-            let had: Vec<bool> = edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
+            let had: Vec<Result<bool, WriteError>> =
+                edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
             save(&path, &table, sync_dir).map(|saved| (table, saved, had))
         })
         .await
@@ -290,8 +302,8 @@ impl Task {
                 self.stat = stat(&self.path);
                 self.install(table, Some(saved.content));
                 for (had, done) in had.into_iter().zip(waiting) {
-                    self.metrics.record_admin_write(true);
-                    let _ = done.send(Ok(had));
+                    self.metrics.record_admin_write(had.is_ok());
+                    let _ = done.send(had);
                 }
             }
             Err(e) => {
@@ -654,16 +666,36 @@ fn release_memory() {
     }
 }
 
-/// Applies one edit; `true` if it replaced or removed something that was set.
-fn apply_one(table: &mut RouteTable, edit: Edit) -> bool {
+/// Applies one edit; `true` if it replaced or removed something that was set. An edit that
+/// conflicts with the table (a gate naming a missing check set, a check set in use) changes
+/// nothing and is refused alone.
+fn apply_one(table: &mut RouteTable, edit: Edit) -> Result<bool, WriteError> {
+    let gate_set = |gate: &Option<Gate>| match gate.as_ref().and_then(Gate::chain) {
+        Some(super::Chain::Set(name)) => Some(name.clone()),
+        _ => None,
+    };
+    match &edit {
+        Edit::AgentGate { gate, .. } | Edit::NumberGate { gate, .. } => {
+            if let Some(name) = gate_set(gate) {
+                if table.check_set(&name).is_none() {
+                    return Err(WriteError::NoCheckSet(name.to_string()));
+                }
+            }
+        }
+        Edit::CheckSet { name, checks: None } if table.check_set_in_use(name) => {
+            return Err(WriteError::InUse(name.clone()));
+        }
+        _ => {}
+    }
     let had = match edit {
+        Edit::CheckSet { name, checks } => Ok(table.set_check_set(&name, checks)),
         Edit::AgentGate { agent_id, gate } => Ok(table.set_agent_gate(&agent_id, gate)),
         Edit::NumberGate { number, gate } => table.set_number_gate(&number, gate),
         Edit::NumberAgent { number, agent_id } => table.set_number_agent(&number, agent_id.as_deref()),
         Edit::AgentContextWait { agent_id, wait_ms } => Ok(table.set_agent_context_wait(&agent_id, wait_ms)),
     };
     // Values are validated before they are queued; a failure here is a bug, not bad input.
-    had.expect("edits are validated before they are queued")
+    Ok(had.expect("edits are validated before they are queued"))
 }
 
 /// What a file's content is known by: its length and a hash (not a security boundary: a

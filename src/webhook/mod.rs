@@ -110,6 +110,7 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         // hit, waited or miss only: pushed context is data about people, never logged.
         context = verdict.context.map_or("", |c| c.as_str()),
         gate = verdict.gate_display.as_deref().unwrap_or(""),
+        checks = %Checks(&verdict.checks),
         dedup = verdict.dedup.map_or("", |d| d.as_str()),
         shadow = verdict.shadow,
         "call decided"
@@ -146,9 +147,25 @@ fn emit_event(app: &App, call: &Call, verdict: &Verdict) {
         cause: verdict.cause.map(|c| c.as_str()),
         reason: verdict.reason.clone(),
         gate_ms: verdict.gate_ms(),
-        checks: serde_json::Value::Null,
+        checks: if verdict.checks.is_empty() { serde_json::Value::Null } else { verdict.checks_json() },
         occurred_at: SystemTime::now(),
     });
+}
+
+/// A chain's results for the decision line: `name=status` joined by `,` (names and statuses
+/// only; a failure's cause is in the record).
+struct Checks<'a>(&'a [crate::decide::chain::CheckResult]);
+
+impl std::fmt::Display for Checks<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, c) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}={}", c.name, c.status.as_str())?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a webhook's parameters came from, which decides what its signature covers.

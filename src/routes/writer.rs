@@ -562,7 +562,10 @@ impl Task {
             let (table, doc, had) = tokio::task::spawn_blocking(move || {
                 let mut table = RouteTable::clone(&current);
                 drop(current);
-                let had: Vec<bool> = edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
+                // An edit refused alone (a missing check set, one in use) changes nothing; the
+                // rest of the batch is still written.
+                let had: Vec<Result<bool, WriteError>> =
+                    edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
                 let doc = serde_json::to_vec(&table).expect("a table serialises");
                 (table, doc, had)
             })
@@ -592,8 +595,8 @@ impl Task {
         match outcome {
             Ok(had) => {
                 for (had, done) in had.into_iter().zip(waiting) {
-                    self.metrics.record_admin_write(true);
-                    let _ = done.send(Ok(had));
+                    self.metrics.record_admin_write(had.is_ok());
+                    let _ = done.send(had);
                 }
             }
             Err(e) => {

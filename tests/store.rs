@@ -450,3 +450,139 @@ impl Drop for Logged {
         let _ = self.child.wait();
     }
 }
+
+const CALLER: &str = "+14155550100";
+/// The number's agent takes context at once; the waiting number's agent waits up to 3 s.
+const CONTEXT_NUMBER: &str = "+447700900200";
+const WAITING_NUMBER: &str = "+447700900201";
+
+fn ringing_sid(to: &str, sid: &str) -> String {
+    ringing(to).replace("CA11111111111111111111111111111111", sid)
+}
+
+/// A table with an agent that takes context and one that waits for it, both gated by `gate`,
+/// imported into `redis` before any replica starts.
+fn import_context_table(redis: &RedisServer, gate: &Stub) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    let table = json!({
+        "agents": {
+            "agent_now": { "gate": gate_body(gate) },
+            "agent_wait": { "gate": gate_body(gate), "context_wait_ms": 3000 }
+        },
+        "numbers": {
+            CONTEXT_NUMBER: { "agent_id": "agent_now" },
+            WAITING_NUMBER: { "agent_id": "agent_wait" }
+        }
+    });
+    std::fs::write(&file, table.to_string()).unwrap();
+    assert_eq!(import(&file, redis).0, 0);
+}
+
+/// What `gate` was asked for `sid`.
+fn gate_saw(gate: &Stub, sid: &str) -> Value {
+    gate.seen()
+        .iter()
+        .map(|s| serde_json::from_slice::<Value>(&s.body).unwrap())
+        .find(|v| v["call_id"] == sid)
+        .unwrap_or_else(|| panic!("the gate never saw {sid}"))
+}
+
+async fn record_of(replica: &Binary, sid: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = replica.admin("GET", &format!("/v1/calls/{sid}"), None).await;
+        if status == StatusCode::OK {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "no record of {sid}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn push_context(replica: &Binary, agent_id: &str, fields: Value) -> StatusCode {
+    let mut body = json!({ "agent_id": agent_id, "phone_number": CALLER });
+    body.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    replica.admin("POST", "/v1/context", Some(body)).await.0
+}
+
+/// How many times Redis ran `command` (from `INFO commandstats`).
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats.lines().find_map(|l| l.strip_prefix(&prefix)?.split(',').next()?.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn context_pushed_to_one_replica_is_taken_once_by_a_call_on_another() {
+    let Some(redis) = RedisServer::start() else { return };
+    let (engine, gate) =
+        (Stub::start(Reply::json("")).await, Stub::start(Reply::json(r#"{"action":"accept"}"#)).await);
+    import_context_table(&redis, &gate);
+    let replicas: Vec<Binary> = (0..3).map(|_| replica(&redis, "{}", &engine)).collect();
+    let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
+    for r in &replicas {
+        eventually(FOLLOW, || async { has_number(&table(r).await, CONTEXT_NUMBER) }).await;
+    }
+
+    assert_eq!(push_context(a, "agent_now", json!({"customer_name": "Jane"})).await, StatusCode::ACCEPTED);
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "3", "the table, its version and the context");
+    let answer = post_form(
+        &b.url("/twilio/voice"),
+        &ringing_sid(CONTEXT_NUMBER, "CA0000000000000000000000000000000b"),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        gate_saw(&gate, "CA0000000000000000000000000000000b")["context"],
+        json!({"customer_name": "Jane"})
+    );
+    assert_eq!(record_of(b, "CA0000000000000000000000000000000b").await["context"], "hit");
+
+    // Consumed: a call on the third replica (or the first) finds nothing.
+    for (r, sid) in [(c, "CA0000000000000000000000000000000c"), (a, "CA0000000000000000000000000000000a")] {
+        assert_eq!(
+            post_form(&r.url("/twilio/voice"), &ringing_sid(CONTEXT_NUMBER, sid)).await.status,
+            StatusCode::OK
+        );
+        assert!(gate_saw(&gate, sid).get("context").is_none(), "taken once");
+    }
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "2");
+    assert_eq!(b.metric(r#"callgate_store_errors_total{op="read"}"#).await, 0.0);
+    for r in &replicas {
+        let logs = format!("{:?}", r.logs.lock().unwrap());
+        assert!(!logs.contains("Jane"), "a pushed value in a log line");
+    }
+}
+
+#[tokio::test]
+async fn a_call_waiting_on_one_replica_is_released_by_a_push_to_another() {
+    let Some(redis) = RedisServer::start() else { return };
+    let (engine, gate) =
+        (Stub::start(Reply::json("")).await, Stub::start(Reply::json(r#"{"action":"accept"}"#)).await);
+    import_context_table(&redis, &gate);
+    let replicas: Vec<Binary> = (0..3).map(|_| replica(&redis, "{}", &engine)).collect();
+    for r in &replicas {
+        eventually(FOLLOW, || async { has_number(&table(r).await, WAITING_NUMBER) }).await;
+    }
+    let url = replicas[1].url("/twilio/voice");
+    let sid = "CA000000000000000000000000000000w1";
+    let ringing = tokio::spawn(async move {
+        let answer = post_form(&url, &ringing_sid(WAITING_NUMBER, sid)).await;
+        (answer.status, std::time::Instant::now())
+    });
+    // The call looked in the store (it is waiting now: it listens before it looks).
+    eventually(Duration::from_secs(5), || async { command_calls(&redis, "getdel") >= 1 }).await;
+    let pushed = std::time::Instant::now();
+    assert_eq!(push_context(&replicas[2], "agent_wait", json!({"lang": "es"})).await, StatusCode::ACCEPTED);
+    let (status, answered) = ringing.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let after_push = answered.duration_since(pushed);
+    assert!(
+        after_push < Duration::from_millis(500),
+        "released {after_push:?} after the push, not at the wait's end"
+    );
+    assert_eq!(gate_saw(&gate, sid)["context"], json!({"lang": "es"}));
+    assert_eq!(record_of(&replicas[1], sid).await["context"], "waited");
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "2", "handed over, not left in the store");
+}

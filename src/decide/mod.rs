@@ -16,7 +16,9 @@ pub mod breaker;
 pub mod chain;
 pub mod context;
 pub mod dedup;
+pub mod link;
 pub mod record;
+pub mod shared_context;
 pub mod verdict;
 
 use std::sync::Arc;

@@ -1,0 +1,262 @@
+//! The call path's link to the shared store (SPEC §15): one connection, made in the background
+//! and remade by the connection manager when it breaks, each operation capped at [`OP_LIMIT`];
+//! and one subscription that wakes the calls waiting on a key (a pushed context, a CallSid
+//! decided on another replica). A call never waits for a connection: with none, it goes on with
+//! the replica's own memory at once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use rustc_hash::FxHashMap;
+use tokio::sync::Notify;
+
+use crate::metrics::{Metrics, StoreOp};
+use crate::settings::RedisUrl;
+
+/// The longest one store operation on a call's path may take; past it the call uses the
+/// replica's own memory.
+pub const OP_LIMIT: Duration = Duration::from_millis(200);
+
+/// While the subscription is down, a waiting call looks at the store this often instead of
+/// being woken (with it up, a waiter only wakes on a notification).
+pub const LOOK_AGAIN: Duration = Duration::from_millis(250);
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What a notification is about: each has its own channel under the prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// `context:pushed`, with the context's key as payload.
+    Context,
+    /// `call:decided`, with the CallSid as payload.
+    Call,
+}
+
+impl Topic {
+    const ALL: [Topic; 2] = [Topic::Context, Topic::Call];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Topic::Context => "context:pushed",
+            Topic::Call => "call:decided",
+        }
+    }
+}
+
+type Waiters = FxHashMap<(Topic, Box<str>), Vec<(u64, Arc<Notify>)>>;
+
+/// The shared store as the call path sees it. Cheap to share (`Arc`).
+pub struct Link {
+    conn: ArcSwapOption<ConnectionManager>,
+    subscribed: AtomicBool,
+    waiters: Mutex<Waiters>,
+    next: AtomicU64,
+    prefix: String,
+    metrics: &'static Metrics,
+}
+
+impl Link {
+    /// A link to the store at `url`, and its connecting and subscribing tasks on the current
+    /// runtime (they end when the link is dropped). Calls meanwhile use local memory.
+    pub fn start(
+        url: &RedisUrl,
+        prefix: &str,
+        metrics: &'static Metrics,
+    ) -> Result<Arc<Link>, redis::RedisError> {
+        let client = redis::Client::open(url.expose())?;
+        let link = Arc::new(Link {
+            conn: ArcSwapOption::empty(),
+            subscribed: AtomicBool::new(false),
+            waiters: Mutex::default(),
+            next: AtomicU64::new(0),
+            prefix: prefix.to_owned(),
+            metrics,
+        });
+        tokio::spawn(connect(client.clone(), Arc::downgrade(&link)));
+        tokio::spawn(subscribe(client, Arc::downgrade(&link)));
+        Ok(link)
+    }
+
+    /// `name` under the prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn channel(&self, topic: Topic) -> String {
+        self.key(topic.suffix())
+    }
+
+    /// Runs `op` on the connection within `limit` (at most [`OP_LIMIT`]); `None`, counted as a
+    /// store error of kind `kind`, when there is no connection, it fails or it takes too long.
+    pub async fn run<T, F, Fut>(&self, kind: StoreOp, limit: Duration, op: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let answer = match self.conn.load_full() {
+            Some(conn) => {
+                tokio::time::timeout(limit.min(OP_LIMIT), op(ConnectionManager::clone(&conn))).await
+            }
+            None => Ok(Err(redis::RedisError::from((redis::ErrorKind::IoError, "not connected yet")))),
+        };
+        match answer {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(e)) => {
+                self.metrics.record_store_error(kind);
+                tracing::debug!(error = %e, "shared store operation failed; this call uses local memory");
+                None
+            }
+            Err(_) => {
+                self.metrics.record_store_error(kind);
+                tracing::debug!("shared store operation took too long; this call uses local memory");
+                None
+            }
+        }
+    }
+
+    /// Whether notifications arrive now: without them a waiter looks again every [`LOOK_AGAIN`].
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a waiter on `(topic, payload)`, woken by [`Link::wake`] or a notification;
+    /// left when the returned [`Listener`] is dropped. A wake between this and the wait is
+    /// kept, so register before looking at the store.
+    pub fn listen(self: &Arc<Link>, topic: Topic, payload: &str) -> Listener {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::new());
+        self.lock().entry((topic, payload.into())).or_default().push((id, Arc::clone(&notify)));
+        Listener { link: Arc::clone(self), topic, payload: payload.into(), id, notify }
+    }
+
+    /// Wakes every waiter on `(topic, payload)`.
+    pub fn wake(&self, topic: Topic, payload: &str) {
+        if let Some(waiters) = self.lock().get(&(topic, Box::from(payload))) {
+            for (_, notify) in waiters {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// Wakes every waiter: notifications may have been lost while the subscription was down.
+    fn wake_all(&self) {
+        for waiters in self.lock().values() {
+            for (_, notify) in waiters {
+                notify.notify_one();
+            }
+        }
+    }
+}
+
+/// A call's place among the waiters on one key.
+pub struct Listener {
+    link: Arc<Link>,
+    topic: Topic,
+    payload: Box<str>,
+    id: u64,
+    notify: Arc<Notify>,
+}
+
+impl Listener {
+    /// Waits for a wake-up, at most `within`, and at most [`LOOK_AGAIN`] while the
+    /// subscription is down; `true` if woken.
+    pub async fn woken(&self, within: Duration) -> bool {
+        let within = if self.link.subscribed() { within } else { within.min(LOOK_AGAIN) };
+        tokio::time::timeout(within, self.notify.notified()).await.is_ok()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let mut waiters = self.link.lock();
+        let key = (self.topic, std::mem::take(&mut self.payload));
+        if let Some(list) = waiters.get_mut(&key) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                waiters.remove(&key);
+            }
+        }
+    }
+}
+
+/// Connects once; the connection manager remakes the connection on its own after that.
+async fn connect(client: redis::Client, link: Weak<Link>) {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(OP_LIMIT)
+        .set_number_of_retries(1)
+        .set_max_delay(500);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let made = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
+        )
+        .await;
+        let Some(link) = link.upgrade() else { return };
+        match made {
+            Ok(Ok(conn)) => {
+                link.conn.store(Some(Arc::new(conn)));
+                return;
+            }
+            _ => link.metrics.record_store_error(StoreOp::Read),
+        }
+        drop(link);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Keeps one subscription to both channels, remade with backoff, and wakes the waiters named
+/// by each message; after every (re)subscription every waiter looks again.
+async fn subscribe(client: redis::Client, link: Weak<Link>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(channels) = link.upgrade().map(|l| Topic::ALL.map(|t| (t, l.channel(t)))) else { return };
+        let stream = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            for (_, channel) in &channels {
+                pubsub.subscribe(channel).await?;
+            }
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, stream).await {
+            Ok(Ok(mut messages)) => {
+                backoff = Duration::from_millis(100);
+                match link.upgrade() {
+                    Some(l) => {
+                        l.subscribed.store(true, Ordering::Release);
+                        l.wake_all();
+                    }
+                    None => return,
+                }
+                while let Some(message) = messages.next().await {
+                    let Some(l) = link.upgrade() else { return };
+                    let name = message.get_channel_name();
+                    let Some((topic, _)) = channels.iter().find(|(_, c)| c == name) else { continue };
+                    if let Ok(payload) = message.get_payload::<String>() {
+                        l.wake(*topic, &payload);
+                    }
+                }
+                let Some(l) = link.upgrade() else { return };
+                l.subscribed.store(false, Ordering::Release);
+                l.metrics.record_store_error(StoreOp::Subscribe);
+            }
+            _ => match link.upgrade() {
+                Some(l) => l.metrics.record_store_error(StoreOp::Subscribe),
+                None => return,
+            },
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

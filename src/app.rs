@@ -165,7 +165,10 @@ impl App {
         };
         let signed_paths = canonical(&settings.signed_paths);
         let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown, metrics);
-        let dedup = Dedup::new(settings.dedup_window);
+        let dedup = match &link {
+            Some(link) => Dedup::shared(settings.dedup_window, Arc::clone(link)),
+            None => Dedup::new(settings.dedup_window),
+        };
         App {
             breaker,
             dedup,

@@ -586,3 +586,126 @@ async fn a_call_waiting_on_one_replica_is_released_by_a_push_to_another() {
     assert_eq!(record_of(&replicas[1], sid).await["context"], "waited");
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), "2", "handed over, not left in the store");
 }
+
+/// A replica that deduplicates CallSids for 60 s.
+fn dedup_replica(redis: &RedisServer, routes: &str, engine: &Stub) -> Binary {
+    Binary::spawn(routes, &engine.url(""), &["--store", &redis.url(), "--dedup-window", "60s"])
+}
+
+async fn dedup_metric(replica: &Binary, result: &str) -> f64 {
+    replica.metric(&format!(r#"callgate_dedup_total{{result="{result}"}}"#)).await
+}
+
+#[tokio::test]
+async fn the_same_callsid_on_two_replicas_asks_the_gate_once() {
+    let Some(redis) = RedisServer::start() else { return };
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let gate = Stub::start(Reply::json(r#"{"action":"reject"}"#).delay(Duration::from_millis(600))).await;
+    let routes = json!({ "numbers": { "+447700900123": { "gate": gate_body(&gate) } } }).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.json"), &routes).unwrap();
+    assert_eq!(import(&dir.path().join("routes.json"), &redis).0, 0);
+    let replicas: Vec<Binary> = (0..3).map(|_| dedup_replica(&redis, "{}", &engine)).collect();
+    for r in &replicas {
+        eventually(FOLLOW, || async { has_number(&table(r).await, "+447700900123") }).await;
+    }
+    let sid = "CA0000000000000000000000000000dd01";
+    let body = ringing_sid("+447700900123", sid);
+
+    // The first replica claims the CallSid while its gate thinks; the second waits for it.
+    let first = tokio::spawn(post_form_owned(replicas[0].url("/twilio/voice"), body.clone()));
+    eventually(Duration::from_secs(5), || async {
+        redis.cli(&["GET", &format!("callgate:call:{sid}")]).starts_with("pending:")
+    })
+    .await;
+    let second = tokio::spawn(post_form_owned(replicas[1].url("/twilio/voice"), body.clone()));
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!((second.status, &second.body), (first.status, &first.body), "the same answer");
+    assert_eq!(&first.body[..], support::GOLDEN_REJECT.trim_ascii_end());
+    assert_eq!(gate.count(), 1, "the gate asked once");
+    assert_eq!(dedup_metric(&replicas[1], "joined").await, 1.0);
+
+    // Later, on the third: the stored decision, replayed.
+    let stored = redis.cli(&["GET", &format!("callgate:call:{sid}")]);
+    assert!(stored.starts_with('{'), "the decision is stored: {stored}");
+    let third = post_form(&replicas[2].url("/twilio/voice"), &body).await;
+    assert_eq!((third.status, &third.body), (first.status, &first.body));
+    assert_eq!(gate.count(), 1);
+    assert_eq!(dedup_metric(&replicas[2], "replayed").await, 1.0);
+    assert_eq!(replicas[2].metric(r#"callgate_inbound_calls_total{decision="reject"}"#).await, 0.0);
+
+    // Sent to all three at once: still one gate request.
+    let sid = "CA0000000000000000000000000000dd02";
+    let body = ringing_sid("+447700900123", sid);
+    let all: Vec<_> = replicas
+        .iter()
+        .map(|r| tokio::spawn(post_form_owned(r.url("/twilio/voice"), body.clone())))
+        .collect();
+    for answer in all {
+        assert_eq!(&answer.await.unwrap().body[..], support::GOLDEN_REJECT.trim_ascii_end());
+    }
+    assert_eq!(gate.count(), 2, "one more gate request for the second CallSid");
+    let logs = format!("{:?}", replicas.iter().map(|r| r.logs.lock().unwrap().clone()).collect::<Vec<_>>());
+    assert!(!logs.contains("store operation"), "no store operation failed: {logs}");
+}
+
+#[tokio::test]
+async fn a_replica_that_dies_holding_a_claim_leaves_the_duplicate_to_decide() {
+    let Some(redis) = RedisServer::start() else { return };
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    // The first gate request never comes back in time; the ones after answer at once.
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gate = {
+        let asked = Arc::clone(&asked);
+        Stub::start_with(move |_| {
+            let reply = Reply::json(r#"{"action":"reject"}"#);
+            match asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => reply.delay(Duration::from_secs(30)),
+                _ => reply,
+            }
+        })
+        .await
+    };
+    let routes = json!({ "numbers": { "+447700900123": { "gate": gate_body(&gate) } } }).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.json"), &routes).unwrap();
+    assert_eq!(import(&dir.path().join("routes.json"), &redis).0, 0);
+    let mut a = dedup_replica(&redis, "{}", &engine);
+    let b = dedup_replica(&redis, "{}", &engine);
+    eventually(FOLLOW, || async { has_number(&table(&b).await, "+447700900123") }).await;
+    eventually(FOLLOW, || async { has_number(&table(&a).await, "+447700900123") }).await;
+    let sid = "CA0000000000000000000000000000dd03";
+    let body = ringing_sid("+447700900123", sid);
+    // Broken off when A dies: its answer never comes.
+    let url = a.url("/twilio/voice");
+    let stuck = body.clone();
+    let _stuck = tokio::spawn(async move { support::send(form(&url, &stuck)).await.is_ok() });
+    eventually(Duration::from_secs(5), || async { gate.count() == 1 }).await;
+    let waiting = tokio::spawn(post_form_owned(b.url("/twilio/voice"), body.clone()));
+    // B found the claim held (its claim script read the claim's time left): it waits.
+    eventually(Duration::from_secs(5), || async { command_calls(&redis, "pttl") >= 1 }).await;
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(5));
+    let killed = std::time::Instant::now();
+    let answer = waiting.await.unwrap();
+    assert_eq!(&answer.body[..], support::GOLDEN_REJECT.trim_ascii_end(), "decided by its own gate request");
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "within the claim's hold, not the deadline: {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(gate.count(), 2);
+    assert_eq!(dedup_metric(&b, "joined").await, 0.0);
+}
+
+fn form(url: &str, body: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+async fn post_form_owned(url: String, body: String) -> support::Answer {
+    post_form(&url, &body).await
+}

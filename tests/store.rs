@@ -1,6 +1,7 @@
 //! The shared store (SPEC §15) against a real `redis-server`, started by each test on a free
-//! loopback port of its own and killed after it. Replicas are real `callgate` binaries, so each
-//! has its own metrics.
+//! loopback port of its own and killed after it: the table followed by every replica, pushed
+//! context and CallSid dedup across replicas, Redis going away and coming back. Replicas are real
+//! `callgate` binaries (up to three per test), so each has its own metrics.
 //!
 //! Without `redis-server` on PATH these tests say they were skipped and pass, unless
 //! `CALLGATE_REQUIRE_REDIS=1` (CI sets it), which makes a missing Redis a failure.
@@ -141,9 +142,13 @@ fn gate_body(gate: &Stub) -> Value {
 }
 
 /// Whether a call to `to` on `replica` asks `gate` (the number is in its table, with that gate).
+/// Each call has a CallSid of its own (`CAaa...`, unlike any other test call's), so that dedup
+/// never answers it.
 async fn asks(replica: &Binary, gate: &Stub, to: &str) -> bool {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let before = gate.count();
-    let answer = post_form(&replica.url("/twilio/voice"), &ringing(to)).await;
+    let answer = post_form(&replica.url("/twilio/voice"), &ringing_sid(to, &format!("CAaa{n:030}"))).await;
     answer.status == StatusCode::OK && gate.count() > before
 }
 
@@ -174,24 +179,32 @@ fn import(routes: &Path, redis: &RedisServer) -> (i32, String) {
 }
 
 #[tokio::test]
-async fn a_write_through_one_replica_reaches_the_other_within_a_second_both_ways() {
+async fn a_write_through_one_of_three_replicas_reaches_the_other_two_within_a_second() {
     let Some(redis) = RedisServer::start() else { return };
     let (engine, gate) =
         (Stub::start(Reply::json("")).await, Stub::start(Reply::json(r#"{"action":"reject"}"#)).await);
     let a = replica(&redis, "{}", &engine);
     let b = replica(&redis, "{}", &engine);
+    let c = replica(&redis, "{}", &engine);
     assert_eq!(a.metric("callgate_store_up").await, 1.0);
 
     let (status, _) = put_gate(&a, "+447700900123", &gate).await;
     assert_eq!(status, StatusCode::OK);
     assert!(asks(&a, &gate, "+447700900123").await, "visible on the replica written through at once");
-    eventually(FOLLOW, || asks(&b, &gate, "+447700900123")).await;
+    let written = std::time::Instant::now();
+    for other in [&b, &c] {
+        eventually(FOLLOW.saturating_sub(written.elapsed()), || asks(other, &gate, "+447700900123")).await;
+    }
 
     let (status, _) = put_gate(&b, "+447700900124", &gate).await;
     assert_eq!(status, StatusCode::OK);
-    eventually(FOLLOW, || asks(&a, &gate, "+447700900124")).await;
+    let written = std::time::Instant::now();
+    for other in [&a, &c] {
+        eventually(FOLLOW.saturating_sub(written.elapsed()), || asks(other, &gate, "+447700900124")).await;
+    }
     // Both edits are in the one shared table: B's write did not drop A's.
     assert_eq!(table(&a).await, table(&b).await);
+    assert_eq!(table(&c).await, table(&b).await);
     assert!(has_number(&table(&b).await, "+447700900123"));
     let stored: Value = serde_json::from_str(&redis.cli(&["GET", "callgate:routes"])).unwrap();
     assert_eq!(stored, table(&a).await, "GET /v1/routes answers the shared table");
@@ -455,6 +468,8 @@ const CALLER: &str = "+14155550100";
 /// The number's agent takes context at once; the waiting number's agent waits up to 3 s.
 const CONTEXT_NUMBER: &str = "+447700900200";
 const WAITING_NUMBER: &str = "+447700900201";
+/// Gated by the number's own gate, no agent: for load.
+const LOAD_NUMBER: &str = "+447700900202";
 
 fn ringing_sid(to: &str, sid: &str) -> String {
     ringing(to).replace("CA11111111111111111111111111111111", sid)
@@ -472,7 +487,8 @@ fn import_context_table(redis: &RedisServer, gate: &Stub) {
         },
         "numbers": {
             CONTEXT_NUMBER: { "agent_id": "agent_now" },
-            WAITING_NUMBER: { "agent_id": "agent_wait" }
+            WAITING_NUMBER: { "agent_id": "agent_wait" },
+            LOAD_NUMBER: { "gate": gate_body(gate) }
         }
     });
     std::fs::write(&file, table.to_string()).unwrap();
@@ -708,4 +724,89 @@ fn form(url: &str, body: &str) -> http::Request<http_body_util::Full<bytes::Byte
 
 async fn post_form_owned(url: String, body: String) -> support::Answer {
     post_form(&url, &body).await
+}
+
+#[tokio::test]
+async fn redis_killed_mid_load_calls_go_on_and_after_restart_writes_work_and_replicas_converge() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let (engine, gate) =
+        (Stub::start(Reply::json("")).await, Stub::start(Reply::json(r#"{"action":"accept"}"#)).await);
+    import_context_table(&redis, &gate);
+    let replicas: Arc<Vec<Binary>> = Arc::new((0..3).map(|_| dedup_replica(&redis, "{}", &engine)).collect());
+    for r in replicas.iter() {
+        eventually(FOLLOW, || async { has_number(&table(r).await, LOAD_NUMBER) }).await;
+    }
+
+    // Load: one caller per replica, each call with a CallSid of its own, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load: Vec<_> = (0..3)
+        .map(|i| {
+            let (replicas, stop, answered) =
+                (Arc::clone(&replicas), Arc::clone(&stop), Arc::clone(&answered));
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let sid = format!("CA{i:02}{n:030}");
+                    let started = std::time::Instant::now();
+                    let answer =
+                        post_form(&replicas[i].url("/twilio/voice"), &ringing_sid(LOAD_NUMBER, &sid)).await;
+                    assert_eq!(answer.status, StatusCode::OK, "call {sid} on replica {i}");
+                    slowest = slowest.max(started.elapsed());
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                slowest
+            })
+        })
+        .collect();
+    let count = || answered.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(Duration::from_secs(5), || async { count() >= 30 }).await;
+
+    assert_eq!(redis.cli(&["SAVE"]).trim(), "OK");
+    redis.kill();
+    let at_kill = count();
+    for r in replicas.iter() {
+        eventually(Duration::from_secs(5), || async { r.metric("callgate_store_up").await == 0.0 }).await;
+    }
+    eventually(Duration::from_secs(5), || async { count() >= at_kill + 60 }).await;
+    for r in replicas.iter() {
+        let (status, body) = put_gate(r, "+447700900300", &gate).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable"))
+        );
+    }
+    // Context pushed meanwhile is held by the replica that took it, for its own calls.
+    assert_eq!(push_context(&replicas[0], "agent_now", json!({"tier": "gold"})).await, StatusCode::ACCEPTED);
+    let sid = "CA0000000000000000000000000000ff01";
+    assert_eq!(
+        post_form(&replicas[0].url("/twilio/voice"), &ringing_sid(CONTEXT_NUMBER, sid)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(gate_saw(&gate, sid)["context"], json!({"tier": "gold"}));
+    assert!(replicas[0].metric(r#"callgate_store_errors_total{op="read"}"#).await >= 1.0);
+
+    redis.restart();
+    for r in replicas.iter() {
+        eventually(Duration::from_secs(5), || async { r.metric("callgate_store_up").await == 1.0 }).await;
+    }
+    let at_restart = count();
+    eventually(Duration::from_secs(5), || async { count() >= at_restart + 30 }).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        let slowest = task.await.expect("every call answered 200");
+        assert!(slowest < Duration::from_secs(2), "a call took {slowest:?}");
+    }
+
+    assert_eq!(put_gate(&replicas[1], "+447700900300", &gate).await.0, StatusCode::OK);
+    for r in replicas.iter() {
+        eventually(FOLLOW, || asks(r, &gate, "+447700900300")).await;
+    }
+    let first = table(&replicas[0]).await;
+    for r in replicas.iter() {
+        assert_eq!(table(r).await, first, "every replica on the one table");
+    }
+    assert!(has_number(&first, LOAD_NUMBER), "the table from before the outage is kept");
 }

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
@@ -24,6 +24,10 @@ pub const OP_LIMIT: Duration = Duration::from_millis(200);
 /// While the subscription is down, a waiting call looks at the store this often instead of
 /// being woken (with it up, a waiter only wakes on a notification).
 pub const LOOK_AGAIN: Duration = Duration::from_millis(250);
+
+/// After an operation fails or runs out of time, calls skip the store for this long, so that a
+/// store that is down costs calls nothing; then the next call tries it again.
+pub const SKIP_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -53,6 +57,11 @@ type Waiters = FxHashMap<(Topic, Box<str>), Vec<(u64, Arc<Notify>)>>;
 /// The shared store as the call path sees it. Cheap to share (`Arc`).
 pub struct Link {
     conn: ArcSwapOption<ConnectionManager>,
+    /// Until when calls skip the store (milliseconds after `epoch`), after a failure.
+    skip_until: AtomicU64,
+    epoch: Instant,
+    /// The last operation failed (logged once per outage).
+    failing: AtomicBool,
     subscribed: AtomicBool,
     waiters: Mutex<Waiters>,
     next: AtomicU64,
@@ -71,6 +80,9 @@ impl Link {
         let client = redis::Client::open(url.expose())?;
         let link = Arc::new(Link {
             conn: ArcSwapOption::empty(),
+            skip_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failing: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             waiters: Mutex::default(),
             next: AtomicU64::new(0),
@@ -91,32 +103,45 @@ impl Link {
         self.key(topic.suffix())
     }
 
-    /// Runs `op` on the connection within `limit` (at most [`OP_LIMIT`]); `None`, counted as a
-    /// store error of kind `kind`, when there is no connection, it fails or it takes too long.
+    /// Runs `op` on the connection within `limit` (at most [`OP_LIMIT`]); `None` when there is
+    /// no connection, the store is being skipped after a failure, or `op` fails or takes too
+    /// long (those two counted as store errors of kind `kind`).
     pub async fn run<T, F, Fut>(&self, kind: StoreOp, limit: Duration, op: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let answer = match self.conn.load_full() {
-            Some(conn) => {
-                tokio::time::timeout(limit.min(OP_LIMIT), op(ConnectionManager::clone(&conn))).await
-            }
-            None => Ok(Err(redis::RedisError::from((redis::ErrorKind::IoError, "not connected yet")))),
-        };
-        match answer {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(e)) => {
-                self.metrics.record_store_error(kind);
-                tracing::debug!(error = %e, "shared store operation failed; this call uses local memory");
-                None
-            }
-            Err(_) => {
-                self.metrics.record_store_error(kind);
-                tracing::debug!("shared store operation took too long; this call uses local memory");
-                None
-            }
+        let conn = self.conn.load_full()?;
+        if self.millis() < self.skip_until.load(Ordering::Relaxed) {
+            return None;
         }
+        // The error's kind only: a message may quote what the store holds.
+        let failed =
+            match tokio::time::timeout(limit.min(OP_LIMIT), op(ConnectionManager::clone(&conn))).await {
+                Ok(Ok(value)) => {
+                    if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("the shared store answers calls' operations again");
+                    }
+                    return Some(value);
+                }
+                Ok(Err(e)) => format!("{:?}", e.kind()),
+                Err(_) => "no answer in time".to_owned(),
+            };
+        self.metrics.record_store_error(kind);
+        let until = self.millis() + SKIP_AFTER_FAILURE.as_millis() as u64;
+        self.skip_until.store(until, Ordering::Relaxed);
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %failed,
+                skip_ms = SKIP_AFTER_FAILURE.as_millis() as u64,
+                "a shared store operation on a call's path failed; calls use this replica's memory for context and dedup meanwhile"
+            );
+        }
+        None
+    }
+
+    fn millis(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Whether notifications arrive now: without them a waiter looks again every [`LOOK_AGAIN`].

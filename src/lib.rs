@@ -21,11 +21,14 @@
 //!   [`decide::answer`] reads a gate's answer and its enrichment, [`decide::record`] keeps the
 //!   recent decision records, [`decide::breaker`] keeps a circuit per gate origin,
 //!   [`decide::dedup`] the CallSids decided within the dedup window and [`decide::context`]
-//!   caller context pushed ahead of the call.
+//!   caller context pushed ahead of the call; with a shared store, [`decide::shared_context`]
+//!   and [`decide::shared_dedup`] hold both in Redis through [`decide::link`], the call path's
+//!   bounded link to it.
 //! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing.
 //! - [`engine`]: forwarding to the voice engine with callgate's typed stamp, header hygiene,
 //!   WebSocket relays.
-//! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
+//! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole;
+//!   [`routes::writer`] is its one writer and [`routes::shared`] keeps it in Redis.
 //! - [`events`]: decision events: the outbox under `--state-dir` and signed, retried delivery.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
 //! - [`logging`]: the buffered log writer that keeps `write`s off the request path.

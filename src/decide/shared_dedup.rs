@@ -56,7 +56,7 @@ return 1
 
 const PENDING: &str = "pending:";
 
-/// How long a claim holds unless renewed; the claiming replica renews it every [`RENEW_EVERY`]
+/// How long a claim holds unless renewed; the claiming replica renews it every 300 ms
 /// while it decides, so a replica that dies leaves those waiting on it within this.
 pub const CLAIM_HOLD: Duration = Duration::from_secs(1);
 const RENEW_EVERY: Duration = Duration::from_millis(300);

@@ -61,6 +61,8 @@ EXPORTED = {
     "callgate_routes_last_reload_success": ("gauge", {}),
     "callgate_admin_writes_total": ("counter", {"result": {"ok", "error"}}),
     "callgate_tls_reloads_total": ("counter", {"result": {"ok", "error"}}),
+    "callgate_store_up": ("gauge", {}),
+    "callgate_store_errors_total": ("counter", {"op": {"read", "write", "subscribe"}}),
     "callgate_build_info": ("gauge", {"version": None}),
 }
 # Labels Prometheus (or the Prometheus Operator) attaches to every scraped series.

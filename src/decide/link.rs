@@ -149,7 +149,7 @@ impl Link {
         self.subscribed.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Waiters> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Waiters> {
         self.waiters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 

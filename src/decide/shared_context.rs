@@ -45,7 +45,11 @@ impl RedisContexts {
             .run(StoreOp::Write, OP_LIMIT, |mut conn| async move { invocation.invoke_async(&mut conn).await })
             .await;
         match stored {
-            Some(_) => self.metrics.record_context(ContextResult::Stored),
+            Some(_) => {
+                self.metrics.record_context(ContextResult::Stored);
+                // An older push held here during an outage would be found first: the newest wins.
+                let _ = self.memory.take(agent_id, caller, Duration::ZERO).await;
+            }
             // Still answered 202: the push is held here, for calls on this replica.
             None => {
                 self.memory.push(agent_id, caller, fields).await;
@@ -135,4 +139,50 @@ impl ContextStore for RedisContexts {
 /// Agent ids hold no whitespace, so a space separates the two parts unambiguously.
 fn name(agent_id: &str, caller: &str) -> String {
     format!("{agent_id} {caller}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A store whose Redis never answers (nothing listens on the port): everything goes to
+    /// this replica's memory, at once.
+    fn unreachable() -> RedisContexts {
+        let metrics = crate::metrics::get();
+        let crate::settings::Store::Redis(url) = crate::settings::parse_store("redis://127.0.0.1:1").unwrap()
+        else {
+            unreachable!()
+        };
+        let link = Link::start(&url, "t:", metrics).unwrap();
+        let memory = Arc::new(MemoryContexts::new(Duration::from_secs(60), 10, metrics));
+        RedisContexts::new(link, memory, metrics)
+    }
+
+    #[tokio::test]
+    async fn without_redis_a_push_is_held_here_and_releases_a_waiting_call() {
+        let store = Arc::new(unreachable());
+        let fields = json!({"n": 1}).as_object().unwrap().clone();
+        let started = Instant::now();
+        store.push("a", "+15550001111", fields.clone()).await;
+        assert_eq!(store.take("a", "+15550001111", Duration::ZERO).await, Lookup::Hit(fields.clone()));
+        assert_eq!(store.take("a", "+15550001111", Duration::ZERO).await, Lookup::Absent, "taken once");
+        assert!(started.elapsed() < Duration::from_millis(100), "no wait on a store that is not there");
+
+        let waiting = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.take("a", "+15550002222", Duration::from_secs(5)).await })
+        };
+        while store.link.lock().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let pushed = Instant::now();
+        store.push("a", "+15550002222", fields.clone()).await;
+        assert_eq!(waiting.await.unwrap(), Lookup::Waited(fields));
+        assert!(pushed.elapsed() < Duration::from_secs(1), "released by the push, not the wait's end");
+        assert!(store.link.lock().is_empty(), "the waiter left");
+        let started = Instant::now();
+        assert_eq!(store.take("a", "+15550003333", Duration::from_millis(50)).await, Lookup::Miss);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
 }

@@ -56,7 +56,14 @@ pub struct Callgate {
 }
 
 impl Callgate {
-    pub fn spawn(bin: &Path, dir: &Path, engine: SocketAddr, routes: &Path, features: &Features) -> Callgate {
+    pub fn spawn(
+        bin: &Path,
+        dir: &Path,
+        engine: SocketAddr,
+        routes: &Path,
+        features: &Features,
+        store: Option<&str>,
+    ) -> Callgate {
         let log = dir.join("callgate.log");
         let stderr = File::options().create(true).append(true).open(&log).expect("log file opens");
         let mut command = Command::new(bin);
@@ -82,6 +89,9 @@ impl Callgate {
             // first would be replays; and the dead-gate run measures the gate's timeout path,
             // which an open circuit would skip. Both off keeps runs comparable with earlier ones.
             command.args(["--dedup-window", "0", "--breaker-failures", "0"]);
+        }
+        if let Some(store) = store {
+            command.args(["--store", store]);
         }
         let mut child = command.spawn().expect("callgate starts");
         let Some((public, admin)) = wait_for_addresses(&log) else {

@@ -148,9 +148,19 @@ impl Redis {
         bounded(async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }).await
     }
 
+    /// A connection of its own for moving the whole document, closed after it: a connection's
+    /// buffers keep the size of the largest reply or request they carried, and at a million
+    /// numbers that is 60 MiB a replica would hold for nothing.
+    async fn bulk(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(OP_TIMEOUT);
+        bounded(self.client.get_multiplexed_async_connection_with_config(&config)).await
+    }
+
     /// The version and the document, read together; `None` when the store holds no table.
     pub async fn fetch(&mut self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.bulk().await?;
         let keys = [self.keys.version.clone(), self.keys.doc.clone()];
         let (version, doc): (Option<i64>, Option<Vec<u8>>) =
             bounded(async move { redis::cmd("MGET").arg(&keys).query_async(&mut conn).await }).await?;
@@ -160,7 +170,7 @@ impl Redis {
     /// Writes `doc` if the store is still at `expect`, bumps the version and tells every
     /// replica; answered once Redis has it.
     pub async fn write(&mut self, expect: Expect, doc: Vec<u8>) -> Result<Written, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.bulk().await?;
         let expected = match expect {
             Expect::Any => "*".to_owned(),
             Expect::Empty => String::new(),

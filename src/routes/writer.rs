@@ -571,7 +571,10 @@ impl Task {
             })
             .await
             .expect("the edit task does not panic");
-            match self.shared().redis.write(expect, doc).await {
+            let written = self.shared().redis.write(expect, doc).await;
+            // The document and the connection that carried it are gone: hand their pages back.
+            let _ = tokio::task::spawn_blocking(release_memory).await;
+            match written {
                 Ok(Written::Done(version)) => {
                     self.store_answers();
                     self.install(table, None);

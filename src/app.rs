@@ -156,7 +156,9 @@ impl App {
         let memory = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
         // With a shared store, context (and dedup) go through it, this replica's memory behind.
         let link = match &settings.store {
-            crate::settings::Store::Redis(url) => Link::start(url, &settings.store_prefix, metrics).ok(),
+            crate::settings::Store::Redis(url) => {
+                Link::start(url, &settings.store_prefix, settings.context_ttl, metrics).ok()
+            }
             crate::settings::Store::File => None,
         };
         let contexts: Arc<dyn ContextStore> = match &link {

@@ -577,7 +577,9 @@ async fn a_call_waiting_on_one_replica_is_released_by_a_push_to_another() {
     let (engine, gate) =
         (Stub::start(Reply::json("")).await, Stub::start(Reply::json(r#"{"action":"accept"}"#)).await);
     import_context_table(&redis, &gate);
-    let replicas: Vec<Binary> = (0..3).map(|_| replica(&redis, "{}", &engine)).collect();
+    // Dedup on: the call's claim on its CallSid, made just before it looks for context, is the
+    // sign that it has reached its wait.
+    let replicas: Vec<Binary> = (0..3).map(|_| dedup_replica(&redis, "{}", &engine)).collect();
     for r in &replicas {
         eventually(FOLLOW, || async { has_number(&table(r).await, WAITING_NUMBER) }).await;
     }
@@ -587,8 +589,10 @@ async fn a_call_waiting_on_one_replica_is_released_by_a_push_to_another() {
         let answer = post_form(&url, &ringing_sid(WAITING_NUMBER, sid)).await;
         (answer.status, std::time::Instant::now())
     });
-    // The call looked in the store (it is waiting now: it listens before it looks).
-    eventually(Duration::from_secs(5), || async { command_calls(&redis, "getdel") >= 1 }).await;
+    eventually(Duration::from_secs(5), || async {
+        redis.cli(&["GET", &format!("callgate:call:{sid}")]).starts_with("pending:")
+    })
+    .await;
     let pushed = std::time::Instant::now();
     assert_eq!(push_context(&replicas[2], "agent_wait", json!({"lang": "es"})).await, StatusCode::ACCEPTED);
     let (status, answered) = ringing.await.unwrap();
@@ -600,7 +604,10 @@ async fn a_call_waiting_on_one_replica_is_released_by_a_push_to_another() {
     );
     assert_eq!(gate_saw(&gate, sid)["context"], json!({"lang": "es"}));
     assert_eq!(record_of(&replicas[1], sid).await["context"], "waited");
-    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "2", "handed over, not left in the store");
+    assert!(
+        redis.cli(&["KEYS", "callgate:context:*"]).trim().is_empty(),
+        "handed over, not left in the store"
+    );
 }
 
 /// A replica that deduplicates CallSids for 60 s.
@@ -809,4 +816,45 @@ async fn redis_killed_mid_load_calls_go_on_and_after_restart_writes_work_and_rep
         assert_eq!(table(r).await, first, "every replica on the one table");
     }
     assert!(has_number(&first, LOAD_NUMBER), "the table from before the outage is kept");
+}
+
+#[tokio::test]
+async fn a_replica_started_after_a_push_finds_it_and_calls_with_no_context_skip_the_store() {
+    let Some(redis) = RedisServer::start() else { return };
+    let (engine, gate) =
+        (Stub::start(Reply::json("")).await, Stub::start(Reply::json(r#"{"action":"accept"}"#)).await);
+    import_context_table(&redis, &gate);
+    let a = replica(&redis, "{}", &engine);
+    assert_eq!(push_context(&a, "agent_now", json!({"plan": "pro"})).await, StatusCode::ACCEPTED);
+
+    // B learns of the push made before it started from the store itself.
+    let b = replica(&redis, "{}", &engine);
+    let sid = "CA0000000000000000000000000000ee01";
+    assert_eq!(
+        post_form(&b.url("/twilio/voice"), &ringing_sid(CONTEXT_NUMBER, sid)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(gate_saw(&gate, sid)["context"], json!({"plan": "pro"}));
+
+    // Once B knows every context pushed, a call with none costs no store operation.
+    let mut n = 0;
+    eventually(Duration::from_secs(5), || {
+        n += 1;
+        let (b, redis) = (&b, &redis);
+        let sid = format!("CA{n:032}");
+        async move {
+            let before = command_calls(redis, "getdel");
+            post_form(&b.url("/twilio/voice"), &ringing_sid(CONTEXT_NUMBER, &sid)).await;
+            command_calls(redis, "getdel") == before
+        }
+    })
+    .await;
+    // And a push through A is still found by B at once.
+    assert_eq!(push_context(&a, "agent_now", json!({"plan": "max"})).await, StatusCode::ACCEPTED);
+    let sid = "CA0000000000000000000000000000ee02";
+    assert_eq!(
+        post_form(&b.url("/twilio/voice"), &ringing_sid(CONTEXT_NUMBER, sid)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(gate_saw(&gate, sid)["context"], json!({"plan": "max"}));
 }

@@ -64,6 +64,9 @@ pub struct Link {
     failing: AtomicBool,
     subscribed: AtomicBool,
     waiters: Mutex<Waiters>,
+    /// The contexts pushed through any replica, as announced: lets a call skip the store when
+    /// no context can be there for it.
+    pub pushed: Pushed,
     next: AtomicU64,
     prefix: String,
     metrics: &'static Metrics,
@@ -72,9 +75,11 @@ pub struct Link {
 impl Link {
     /// A link to the store at `url`, and its connecting and subscribing tasks on the current
     /// runtime (they end when the link is dropped). Calls meanwhile use local memory.
+    /// `context_ttl` is how long a pushed context is held (`--context-ttl`).
     pub fn start(
         url: &RedisUrl,
         prefix: &str,
+        context_ttl: Duration,
         metrics: &'static Metrics,
     ) -> Result<Arc<Link>, redis::RedisError> {
         let client = redis::Client::open(url.expose())?;
@@ -85,6 +90,7 @@ impl Link {
             failing: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             waiters: Mutex::default(),
+            pushed: Pushed::new(context_ttl),
             next: AtomicU64::new(0),
             prefix: prefix.to_owned(),
             metrics,
@@ -261,6 +267,8 @@ async fn subscribe(client: redis::Client, link: Weak<Link>) {
                     Some(l) => {
                         l.subscribed.store(true, Ordering::Release);
                         l.wake_all();
+                        // Announcements from now on arrive; what was pushed before is listed.
+                        tokio::spawn(seed(client.clone(), Arc::downgrade(&l)));
                     }
                     None => return,
                 }
@@ -269,10 +277,14 @@ async fn subscribe(client: redis::Client, link: Weak<Link>) {
                     let name = message.get_channel_name();
                     let Some((topic, _)) = channels.iter().find(|(_, c)| c == name) else { continue };
                     if let Ok(payload) = message.get_payload::<String>() {
+                        if *topic == Topic::Context {
+                            l.pushed.note(&payload);
+                        }
                         l.wake(*topic, &payload);
                     }
                 }
                 let Some(l) = link.upgrade() else { return };
+                l.pushed.distrust();
                 l.subscribed.store(false, Ordering::Release);
                 l.metrics.record_store_error(StoreOp::Subscribe);
             }
@@ -283,5 +295,121 @@ async fn subscribe(client: redis::Client, link: Weak<Link>) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The contexts pushed through any replica within the TTL, by name (`{agent_id} {caller}`), as
+/// this replica heard of them: every push is announced on the channel, and the store's contexts
+/// are listed (SCAN) each time the subscription is made. While the list is complete a call whose
+/// context was never announced skips the store (no round trip for the many calls with none);
+/// while it is not (no subscription, or the listing not done), every call looks in the store.
+pub struct Pushed {
+    ttl: Duration,
+    names: Mutex<FxHashMap<Box<str>, Instant>>,
+    /// Bumped on every loss of the subscription, so a listing that started before one cannot
+    /// make the list complete.
+    epoch: AtomicU64,
+    complete: AtomicBool,
+    /// When the list was last swept of expired names, by its size then.
+    swept_at: AtomicU64,
+}
+
+impl Pushed {
+    fn new(ttl: Duration) -> Pushed {
+        Pushed {
+            ttl,
+            names: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            complete: AtomicBool::new(false),
+            swept_at: AtomicU64::new(1024),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FxHashMap<Box<str>, Instant>> {
+        self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A context pushed under `name` (held at most the TTL from now).
+    pub fn note(&self, name: &str) {
+        let mut names = self.lock();
+        names.insert(name.into(), Instant::now() + self.ttl);
+        // Expired names go when the list has doubled since the last sweep.
+        if names.len() as u64 >= 2 * self.swept_at.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            names.retain(|_, expires| *expires > now);
+            self.swept_at.store((names.len() as u64).max(1024), Ordering::Relaxed);
+        }
+    }
+
+    /// The context under `name` was taken here.
+    pub fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    /// Whether the store may hold a context under `name`: `false` only when the list is
+    /// complete and `name` is not on it.
+    pub fn may_hold(&self, name: &str) -> bool {
+        if !self.complete.load(Ordering::Acquire) {
+            return true;
+        }
+        self.lock().get(name).is_some_and(|expires| *expires > Instant::now())
+    }
+
+    fn distrust(&self) {
+        self.complete.store(false, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Lists the contexts the store holds into [`Link::pushed`], then marks the list complete,
+/// unless the subscription was lost meanwhile. Keys are `{prefix}context:{name}`.
+async fn seed(client: redis::Client, link: Weak<Link>) {
+    let Some((epoch, pattern, strip)) = link.upgrade().map(|l| {
+        // The prefix is an operator's string: escape what SCAN's pattern would read as a glob.
+        let mut pattern = String::new();
+        for c in l.key("context:").chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        (l.pushed.epoch.load(Ordering::Acquire), pattern, l.key("context:").len())
+    }) else {
+        return;
+    };
+    let listed = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cursor = 0u64;
+        let mut names = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            names.extend(keys.into_iter().filter_map(|k| k.get(strip..).map(str::to_owned)));
+            if next == 0 {
+                return Ok::<_, redis::RedisError>(names);
+            }
+            cursor = next;
+        }
+    };
+    let listed = tokio::time::timeout(Duration::from_secs(30), listed).await;
+    let Some(l) = link.upgrade() else { return };
+    match listed {
+        Ok(Ok(names)) => {
+            for name in &names {
+                l.pushed.note(name);
+            }
+            if l.pushed.epoch.load(Ordering::Acquire) == epoch {
+                l.pushed.complete.store(true, Ordering::Release);
+            }
+        }
+        // The list stays incomplete: calls look in the store, as without it.
+        _ => l.metrics.record_store_error(StoreOp::Read),
     }
 }

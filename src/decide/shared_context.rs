@@ -47,6 +47,7 @@ impl RedisContexts {
         match stored {
             Some(_) => {
                 self.metrics.record_context(ContextResult::Stored);
+                self.link.pushed.note(&name);
                 // An older push held here during an outage would be found first: the newest wins.
                 let _ = self.memory.take(agent_id, caller, Duration::ZERO).await;
             }
@@ -72,9 +73,12 @@ impl RedisContexts {
         if let Lookup::Hit(fields) = self.memory.take(agent_id, caller, Duration::ZERO).await {
             return Ok(Some(fields));
         }
-        if !store {
+        let name = name(agent_id, caller);
+        // No round trip for a context no replica announced (the many calls that have none).
+        if !store || !self.link.pushed.may_hold(&name) {
             return Ok(None);
         }
+        self.link.pushed.forget(&name);
         let key = key.to_owned();
         let taken: Option<Option<String>> = self
             .link
@@ -154,7 +158,7 @@ mod tests {
         else {
             unreachable!()
         };
-        let link = Link::start(&url, "t:", metrics).unwrap();
+        let link = Link::start(&url, "t:", Duration::from_secs(60), metrics).unwrap();
         let memory = Arc::new(MemoryContexts::new(Duration::from_secs(60), 10, metrics));
         RedisContexts::new(link, memory, metrics)
     }

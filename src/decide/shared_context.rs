@@ -78,6 +78,7 @@ impl RedisContexts {
         if !store || !self.link.pushed.may_hold(&name) {
             return Ok(None);
         }
+        // Forgotten before the take, so that a push announced after it is remembered.
         self.link.pushed.forget(&name);
         let key = key.to_owned();
         let taken: Option<Option<String>> = self
@@ -88,7 +89,11 @@ impl RedisContexts {
             .await;
         match taken {
             Some(json) => Ok(json.and_then(|j| serde_json::from_str(&j).ok())),
-            None => Err(()),
+            None => {
+                // Not taken: it may still be there for a later call.
+                self.link.pushed.note(&name);
+                Err(())
+            }
         }
     }
 

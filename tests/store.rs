@@ -41,6 +41,10 @@ async fn a_write_through_one_of_three_replicas_reaches_the_other_two_within_a_se
     for other in [&a, &c] {
         eventually(FOLLOW.saturating_sub(written.elapsed()), || asks(other, &gate, "+447700900124")).await;
     }
+    // The change came with its notice (the whole table was read behind it).
+    for other in [&a, &c] {
+        other.wait_for_log("routes change taken from the shared store's notice");
+    }
     // Both edits are in the one shared table: B's write did not drop A's.
     assert_eq!(table(&a).await, table(&b).await);
     assert_eq!(table(&c).await, table(&b).await);

@@ -4,6 +4,7 @@
 
 mod check;
 pub mod checks;
+mod delta;
 mod file;
 mod gate;
 mod shape;

@@ -32,7 +32,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Sets the document and bumps the version if the version is still `ARGV[1]` (`""`: the store
-/// is empty; `"*"`: whatever it is, for `store import`). A store starting anew (no version key)
+/// is empty; `"*"`: whatever it is, for `store import`), and publishes the new version, with the
+/// write's change (`ARGV[3]`, [`super::delta`]) when there is one. A store starting anew (no version key)
 /// starts its counter from the server's clock, so a version seen before the store was emptied
 /// is never seen again for other content. Answers the new version, or -1 on a conflict.
 const WRITE: &str = r"
@@ -44,7 +45,12 @@ if not v then
   redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
 end
 local n = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', KEYS[3], n)
+if ARGV[3] ~= '' then
+  -- The counter as Redis writes it: Lua would write a number this large as a float.
+  redis.call('PUBLISH', KEYS[3], redis.call('GET', KEYS[2]) .. '\n' .. ARGV[1] .. '\n' .. ARGV[3])
+else
+  redis.call('PUBLISH', KEYS[3], n)
+end
 return n
 ";
 
@@ -169,15 +175,21 @@ impl Redis {
 
     /// Writes `doc` if the store is still at `expect`, bumps the version and tells every
     /// replica; answered once Redis has it.
-    pub async fn write(&mut self, expect: Expect, doc: Vec<u8>) -> Result<Written, StoreError> {
+    /// `change` is sent with the notice when the write replaces a known version.
+    pub async fn write(
+        &mut self,
+        expect: Expect,
+        doc: Vec<u8>,
+        change: Vec<u8>,
+    ) -> Result<Written, StoreError> {
         let mut conn = self.bulk().await?;
-        let expected = match expect {
-            Expect::Any => "*".to_owned(),
-            Expect::Empty => String::new(),
-            Expect::Version(v) => v.to_string(),
+        let (expected, change) = match expect {
+            Expect::Any => ("*".to_owned(), Vec::new()),
+            Expect::Empty => (String::new(), Vec::new()),
+            Expect::Version(v) => (v.to_string(), change),
         };
         let mut invocation = self.write.key(&self.keys.doc);
-        invocation.key(&self.keys.version).key(&self.keys.channel).arg(expected).arg(doc);
+        invocation.key(&self.keys.version).key(&self.keys.channel).arg(expected).arg(doc).arg(change);
         let version: i64 = bounded(invocation.invoke_async(&mut conn)).await?;
         Ok(if version < 0 { Written::Conflict } else { Written::Done(version) })
     }
@@ -195,7 +207,7 @@ async fn bounded<T>(op: impl std::future::Future<Output = redis::RedisResult<T>>
 /// version.
 pub async fn import(url: &RedisUrl, prefix: &str, table: &RouteTable) -> Result<i64, StoreError> {
     let doc = serde_json::to_vec(table).expect("a table serialises");
-    match Redis::open(url, prefix)?.write(Expect::Any, doc).await? {
+    match Redis::open(url, prefix)?.write(Expect::Any, doc, Vec::new()).await? {
         Written::Done(version) => Ok(version),
         Written::Conflict => unreachable!("an unconditional write has no conflict"),
     }
@@ -228,13 +240,17 @@ pub async fn follow(client: redis::Client, channel: String, writer: Writer, metr
         }
         let next = async {
             match messages.as_mut() {
-                Some(stream) => stream.next().await.map(|_| ()),
+                Some(stream) => stream.next().await.map(|m| m.get_payload_bytes().to_vec()),
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             message = next => match message {
-                Some(()) => writer.sync().await,
+                Some(notice) => {
+                    // The change at once, then the whole table behind it.
+                    writer.notice(notice).await;
+                    writer.sync().await;
+                }
                 None => {
                     messages = None;
                     metrics.record_store_error(StoreOp::Subscribe);

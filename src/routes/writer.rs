@@ -94,6 +94,7 @@ enum Job {
     Edit(Box<Edit>, oneshot::Sender<Result<bool, WriteError>>),
     Reload(oneshot::Sender<()>),
     Sync(oneshot::Sender<()>),
+    Notice(Vec<u8>, oneshot::Sender<()>),
 }
 
 /// A handle to the writer task; cheap to clone.
@@ -120,7 +121,7 @@ impl Writer {
             metrics.set_store_up(false);
             Shared { redis, version: None, empty: false, up: false }
         });
-        let task = Task { store, path, options, metrics, content: None, stat: None, shared };
+        let task = Task { store, path, options, metrics, content: None, stat: None, shared, applied: None };
         tokio::spawn(async move {
             let mut task = task;
             let result = match task.shared {
@@ -148,6 +149,16 @@ impl Writer {
     pub async fn reload(&self) {
         let (done, answer) = oneshot::channel();
         if self.jobs.send(Job::Reload(done)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    /// Puts in force the change a shared store's notice carries ([`super::delta`]), when it was
+    /// made on top of the table in force; the whole table is read by the [`Writer::sync`] that
+    /// follows.
+    pub async fn notice(&self, notice: Vec<u8>) {
+        let (done, answer) = oneshot::channel();
+        if self.jobs.send(Job::Notice(notice, done)).await.is_ok() {
             let _ = answer.await;
         }
     }
@@ -195,6 +206,8 @@ struct Task {
     stat: Option<Stat>,
     /// `--store redis://...`: the table lives there, and the routes file is never written.
     shared: Option<Shared>,
+    /// The version whose change (only) is in force, until the whole table is read.
+    applied: Option<i64>,
 }
 
 impl Task {
@@ -237,12 +250,14 @@ impl Task {
             let mut edits = Vec::new();
             let mut reloads = Vec::new();
             let mut syncs = Vec::new();
+            let mut notices = Vec::new();
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
                     Job::Edit(edit, done) => edits.push((*edit, done)),
                     Job::Reload(done) => reloads.push(done),
                     Job::Sync(done) => syncs.push(done),
+                    Job::Notice(notice, done) => notices.push((notice, done)),
                 }
                 if edits.len() < MAX_BATCH {
                     next = queue.try_recv().ok();
@@ -253,6 +268,10 @@ impl Task {
                 for done in reloads {
                     let _ = done.send(());
                 }
+            }
+            for (notice, done) in notices {
+                self.take_notice(&notice).await;
+                let _ = done.send(());
             }
             if !syncs.is_empty() {
                 self.sync().await;
@@ -448,6 +467,34 @@ impl Task {
         }
     }
 
+    /// Applies a notice's change if it was made on top of the table in force. The version in
+    /// force is left as it was: the sync that follows reads the whole table, so what is in force
+    /// ends up the store's exactly, and a write never starts from a table built from a change.
+    async fn take_notice(&mut self, notice: &[u8]) {
+        let Some(shared) = &self.shared else { return };
+        let Some(read) = super::delta::Notice::read(notice) else { return };
+        let (Some(from), Some(change)) = (read.from, read.change) else { return };
+        if shared.empty || shared.version != Some(from) || self.applied == Some(read.version) {
+            return;
+        }
+        let current = self.store.load_full();
+        let (change, options) = (change.to_vec(), self.options);
+        let applied = tokio::task::spawn_blocking(move || super::delta::apply(&current, &change, &options))
+            .await
+            .expect("the change task does not panic");
+        match applied {
+            Some(table) => {
+                tracing::info!(version = read.version, "routes change taken from the shared store's notice");
+                self.applied = Some(read.version);
+                self.install(table, None);
+            }
+            None => tracing::warn!(
+                version = read.version,
+                "a routes change in the shared store's notice could not be applied; reading the whole table"
+            ),
+        }
+    }
+
     /// Takes in the store's table if its version is not the one in force.
     async fn sync(&mut self) {
         if self.shared.is_none() {
@@ -559,19 +606,21 @@ impl Task {
             let expect = shared.version.map_or(Expect::Empty, Expect::Version);
             let current = self.store.load_full();
             let edits = edits.clone();
-            let (table, doc, had) = tokio::task::spawn_blocking(move || {
+            let (table, doc, change, had) = tokio::task::spawn_blocking(move || {
                 let mut table = RouteTable::clone(&current);
                 drop(current);
                 // An edit refused alone (a missing check set, one in use) changes nothing; the
                 // rest of the batch is still written.
+                let touched = super::delta::Touched::of(&edits);
                 let had: Vec<Result<bool, WriteError>> =
                     edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
                 let doc = serde_json::to_vec(&table).expect("a table serialises");
-                (table, doc, had)
+                let change = super::delta::encode(&table, &touched);
+                (table, doc, change, had)
             })
             .await
             .expect("the edit task does not panic");
-            let written = self.shared().redis.write(expect, doc).await;
+            let written = self.shared().redis.write(expect, doc, change).await;
             // The document and the connection that carried it are gone: hand their pages back.
             let _ = tokio::task::spawn_blocking(release_memory).await;
             match written {

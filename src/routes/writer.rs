@@ -6,7 +6,8 @@
 //! With `--store redis://...` the same task keeps the table in the shared store instead
 //! ([`super::shared`]): a batch is applied to the table in force and written to Redis with a
 //! version check (retried on top of a newer table when another replica wrote first); changes
-//! made through other replicas come in as syncs. The routes file is then only read, at start-up
+//! made through other replicas come in as the change their notice carries ([`super::delta`]),
+//! then as syncs of the whole table. The routes file is then only read, at start-up
 //! while the store does not answer.
 
 use std::hash::Hasher;

@@ -10,6 +10,7 @@
 //! cargo build --release && cargo bench --bench load              # full run, under 3 minutes
 //! cargo bench --bench load -- --quick                            # smoke run (or LOAD_QUICK=1)
 //! cargo bench --bench load -- --soak [--duration 10m]            # 2,000 calls/s, RSS every 30 s
+//! cargo bench --bench load -- --store redis://127.0.0.1:6379     # the table from a shared store
 //! cargo bench --bench load -- --profile /tmp/cg --paths accept    # perf record callgate
 //! cargo bench --bench load -- --stubs-only --stubs-file F        # stubs for bench/compare.sh
 //! cargo bench --bench load -- --compare 127.0.0.1:18480 --stubs-file F   # vs nginx+njs
@@ -78,6 +79,11 @@ pub struct Args {
     /// The callgate binary (default: $CARGO_TARGET_DIR/release/callgate, built if missing).
     #[arg(long)]
     pub callgate: Option<PathBuf>,
+    /// Serve the table from this shared store (`redis://...`) instead of the routes file: the
+    /// routes file is imported into it first (`callgate store import`), then callgate runs with
+    /// `--store` (routing stays in memory; pushed-context lookups go to Redis).
+    #[arg(long)]
+    pub store: Option<String>,
     /// Extra numbers in the routes file (each with an agent), for a realistic table size.
     #[arg(long, default_value_t = 0)]
     pub table_numbers: u64,

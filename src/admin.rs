@@ -111,6 +111,8 @@ impl From<WriteError> for ApiError {
             WriteError::InUse(_) => (StatusCode::CONFLICT, "in_use"),
             WriteError::ReadOnly(_) => (StatusCode::SERVICE_UNAVAILABLE, "read_only"),
             WriteError::Unsaved(_) | WriteError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "unsaved"),
+            WriteError::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            WriteError::StoreEmpty => (StatusCode::SERVICE_UNAVAILABLE, "store_empty"),
         };
         if status != StatusCode::SERVICE_UNAVAILABLE {
             return ApiError {

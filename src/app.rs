@@ -15,7 +15,9 @@ use crate::body;
 use crate::decide::breaker::Breaker;
 use crate::decide::context::{ContextStore, MemoryContexts};
 use crate::decide::dedup::Dedup;
+use crate::decide::link::Link;
 use crate::decide::record::DecisionLog;
+use crate::decide::shared_context::RedisContexts;
 use crate::decide::Stages;
 use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
 use crate::error::RequestError;
@@ -151,10 +153,24 @@ impl App {
         let canonical = |paths: &[String]| paths.iter().map(|p| canonical_path(p).into_owned()).collect();
         let voice_paths = canonical(&settings.voice_paths);
         let decisions = DecisionLog::new(settings.decision_log_size);
-        let contexts = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
+        let memory = MemoryContexts::start(settings.context_ttl, settings.context_max_entries, metrics);
+        // With a shared store, context (and dedup) go through it, this replica's memory behind.
+        let link = match &settings.store {
+            crate::settings::Store::Redis(url) => {
+                Link::start(url, &settings.store_prefix, settings.context_ttl, metrics).ok()
+            }
+            crate::settings::Store::File => None,
+        };
+        let contexts: Arc<dyn ContextStore> = match &link {
+            Some(link) => Arc::new(RedisContexts::new(Arc::clone(link), memory, metrics)),
+            None => memory,
+        };
         let signed_paths = canonical(&settings.signed_paths);
         let breaker = Breaker::new(settings.breaker_failures, settings.breaker_cooldown, metrics);
-        let dedup = Dedup::new(settings.dedup_window);
+        let dedup = match &link {
+            Some(link) => Dedup::shared(settings.dedup_window, Arc::clone(link)),
+            None => Dedup::new(settings.dedup_window),
+        };
         App {
             breaker,
             dedup,

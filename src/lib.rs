@@ -21,12 +21,15 @@
 //!   [`decide::answer`] reads a gate's answer and its enrichment, [`decide::record`] keeps the
 //!   recent decision records, [`decide::breaker`] keeps a circuit per gate origin,
 //!   [`decide::dedup`] the CallSids decided within the dedup window and [`decide::context`]
-//!   caller context pushed ahead of the call.
+//!   caller context pushed ahead of the call; with a shared store, [`decide::shared_context`]
+//!   and [`decide::shared_dedup`] hold both in Redis through [`decide::link`], the call path's
+//!   bounded link to it.
 //! - [`gate`]: the pooled gate client: one deadline, a cap on waiting requests, signing;
 //!   [`dns`] resolves gate hosts on a bounded pool with a short cache.
 //! - [`engine`]: forwarding to the voice engine with callgate's typed stamp, header hygiene,
 //!   WebSocket relays.
-//! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole.
+//! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole;
+//!   [`routes::writer`] is its one writer and [`routes::shared`] keeps it in Redis.
 //! - [`events`]: decision events: the outbox under `--state-dir` and signed, retried delivery.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
 //! - [`logging`]: the buffered log writer that keeps `write`s off the request path.
@@ -80,6 +83,8 @@ pub enum StartError {
     Routes(#[from] routes::writer::LoadError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("invalid --store: {0}")]
+    Store(#[from] routes::shared::StoreError),
     #[error("invalid credentials file {path}: {reason}")]
     Credentials { path: String, reason: String },
 }
@@ -110,7 +115,13 @@ pub async fn run(
         _ => None,
     };
     let routes = Arc::new(RouteStore::new(RouteTable::empty()));
-    let (writer, loaded) = Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics);
+    let shared = match &settings.store {
+        settings::Store::File => None,
+        settings::Store::Redis(url) => Some(routes::shared::Redis::open(url, &settings.store_prefix)?),
+    };
+    let follower = shared.as_ref().map(routes::shared::Redis::follower);
+    let (writer, loaded) =
+        Writer::start(Arc::clone(&routes), settings.routes.clone(), options, metrics, shared);
     let signer = settings
         .gate_signing_secret
         .as_ref()
@@ -158,7 +169,21 @@ pub async fn run(
         settings = ?app.settings,
         "listeners bound"
     );
-    match loaded.await {
+    // A replica of a shared store may wait for the store to answer before it has a table: a
+    // signal meanwhile is a clean stop.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let loaded = tokio::select! {
+        loaded = loaded => loaded,
+        () = &mut shutdown => {
+            tracing::info!("stopped before the routing table was in");
+            admin.stop().await;
+            if let Some(events) = &app.events {
+                events.stop().await;
+            }
+            return Ok(());
+        }
+    };
+    match loaded {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             admin.stop().await;
@@ -170,7 +195,14 @@ pub async fn run(
         Err(_) => unreachable!("the writer reports its first load"),
     }
     app.table_loaded.send_replace(true);
-    let _watching = routes::watch::start(app.settings.routes.clone(), writer);
+    // File mode follows the routes file; a shared store's replica follows the store.
+    let _watching = match follower {
+        None => Some(routes::watch::start(app.settings.routes.clone(), writer)),
+        Some(_) => None,
+    };
+    let _following = follower.map(|(client, channel)| {
+        AbortOnDrop(tokio::spawn(routes::shared::follow(client, channel, app.writer.clone(), metrics)))
+    });
     tracing::info!(
         listen = %public,
         upstream = %format_args!("{}://{}{}", app.settings.upstream.scheme, app.settings.upstream.authority, app.settings.upstream.prefix),

@@ -8,7 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use callgate::logging::LogGuard;
-use callgate::settings::{CheckArgs, Cli, Command, LogFormat, ProbeArgs, Settings};
+use callgate::settings::{CheckArgs, Cli, Command, ImportArgs, LogFormat, ProbeArgs, Settings, StoreCommand};
 use callgate::Listeners;
 
 fn main() -> ExitCode {
@@ -41,6 +41,9 @@ fn main() -> ExitCode {
             })
         }
         Some(Command::Probe(args)) => probe(args),
+        Some(Command::Store(args)) => match args.command {
+            StoreCommand::Import(args) => store_import(&args),
+        },
         None => {
             let settings = match Settings::from_args(cli.serve) {
                 Ok(s) => s,
@@ -199,6 +202,50 @@ fn check(args: &CheckArgs) -> ExitCode {
                 table.number_count()
             );
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `callgate store import`: the routes file validated as at start-up, then written to the
+/// shared store whole; exit 0, or 1 with one line per problem and nothing written.
+fn store_import(args: &ImportArgs) -> ExitCode {
+    let callgate::settings::Store::Redis(url) = &args.store else {
+        eprintln!("callgate: store import needs --store redis://[:password@]host[:port][/db]");
+        return ExitCode::from(2);
+    };
+    let options = callgate::routes::ValidateOptions { allow_insecure_gates: args.allow_insecure_gates };
+    let bytes = match std::fs::read(&args.routes) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("{}: cannot read: {e}", args.routes.display());
+            return ExitCode::from(1);
+        }
+    };
+    let table = match callgate::routes::RouteTable::parse(&bytes, &options) {
+        Ok(table) => table,
+        Err(e) => {
+            for problem in &e.problems {
+                println!("{}: {problem}", args.routes.display());
+            }
+            return ExitCode::from(1);
+        }
+    };
+    drop(bytes);
+    match runtime().block_on(callgate::routes::shared::import(url, &args.store_prefix, &table)) {
+        Ok(version) => {
+            println!(
+                "{}: imported into {} under {:?}: {} agents, {} numbers (version {version})",
+                args.routes.display(),
+                url.shown(),
+                args.store_prefix,
+                table.agent_count(),
+                table.number_count()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{}: cannot write: {e}; nothing written", url.shown());
+            ExitCode::from(1)
         }
     }
 }

@@ -95,6 +95,26 @@ impl EventDrop {
     }
 }
 
+/// What a shared-store operation was doing when it failed, for `callgate_store_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOp {
+    Read,
+    Write,
+    Subscribe,
+}
+
+impl StoreOp {
+    const ALL: [StoreOp; 3] = [StoreOp::Read, StoreOp::Write, StoreOp::Subscribe];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Read => "read",
+            StoreOp::Write => "write",
+            StoreOp::Subscribe => "subscribe",
+        }
+    }
+}
+
 /// Histogram buckets: 50 µs to 30 s.
 const BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -138,6 +158,8 @@ pub struct Metrics {
     events_pending: Gauge,
     events_outbox_ok: Gauge,
     events_outbox_errors: Counter,
+    store_up: Gauge,
+    store_errors: [Counter; 3],
     open_connections: Gauge,
 }
 
@@ -213,8 +235,12 @@ impl Metrics {
             events_pending: metrics::gauge!("callgate_events_pending"),
             events_outbox_ok: metrics::gauge!("callgate_events_outbox_ok"),
             events_outbox_errors: metrics::counter!("callgate_events_outbox_errors_total"),
+            store_up: metrics::gauge!("callgate_store_up"),
+            store_errors: StoreOp::ALL
+                .map(|op| metrics::counter!("callgate_store_errors_total", "op" => op.as_str())),
             open_connections: metrics::gauge!("callgate_open_connections"),
         };
+        m.store_up.set(1.0);
         m.events_pending.set(0.0);
         m.events_outbox_ok.set(1.0);
         m.open_connections.increment(0.0);
@@ -231,6 +257,7 @@ impl Metrics {
             .chain(&m.dedup)
             .chain(&m.circuit_transitions)
             .chain(&m.context)
+            .chain(&m.store_errors)
         {
             c.increment(0);
         }
@@ -411,6 +438,17 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Whether the shared store answers (always 1 with `--store file`).
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(if up { 1.0 } else { 0.0 });
+    }
+
+    pub fn record_store_error(&self, op: StoreOp) {
+        self.store_errors[op as usize].increment(1);
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
@@ -503,6 +541,14 @@ fn describe() {
     describe_counter!(
         "callgate_events_outbox_errors_total",
         "Writes to the events outbox on disk that failed."
+    );
+    describe_gauge!(
+        "callgate_store_up",
+        "1 while the shared store (--store redis://) answers, else 0; always 1 with --store file."
+    );
+    describe_counter!(
+        "callgate_store_errors_total",
+        "Shared store operations that failed, by op: read, write, subscribe."
     );
     describe_gauge!(
         "callgate_open_connections",

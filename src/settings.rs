@@ -27,6 +27,38 @@ pub enum Command {
     Demo(DemoArgs),
     /// Grade a gate before it carries calls: exit 0 for pass or warn, 1 for fail.
     Probe(ProbeArgs),
+    /// The shared store (SPEC §15): `callgate store import`.
+    Store(StoreArgs),
+}
+
+/// `callgate store ...`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy a routes file into the shared store: validated as at start-up; exit 0, or 1 with
+    /// one line per problem and nothing written.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Routes file to load into the store.
+    #[arg(long, env = "CALLGATE_ROUTES", default_value = "routes.json")]
+    pub routes: PathBuf,
+    /// redis://[:password@]host[:port][/db]
+    #[arg(long, env = "CALLGATE_STORE", hide_env_values = true, value_parser = parse_store)]
+    pub store: Store,
+    /// Key prefix in Redis.
+    #[arg(long, env = "CALLGATE_STORE_PREFIX", default_value = "callgate:")]
+    pub store_prefix: String,
+    /// Accept http:// gate URLs (validated as the replicas that serve the table are started).
+    #[arg(long, env = "CALLGATE_ALLOW_INSECURE_GATES", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_insecure_gates: bool,
 }
 
 /// `callgate probe URL`: see SPEC §16. Flags shared with serving read the same variables.
@@ -239,6 +271,67 @@ pub struct ServeArgs {
     /// Pushed contexts held at once; beyond it the oldest go first.
     #[arg(long, env = "CALLGATE_CONTEXT_MAX_ENTRIES", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub context_max_entries: u32,
+    /// Where the table lives: file (the routes file) or redis://[:password@]host[:port][/db].
+    #[arg(long, env = "CALLGATE_STORE", hide_env_values = true, default_value = "file", value_parser = parse_store)]
+    pub store: Store,
+    /// Key prefix in Redis, so several deployments can share one.
+    #[arg(long, env = "CALLGATE_STORE_PREFIX", default_value = "callgate:")]
+    pub store_prefix: String,
+}
+
+/// Where the routing table lives (`--store`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// The routes file: one replica writes.
+    File,
+    /// A shared Redis (SPEC §15).
+    Redis(RedisUrl),
+}
+
+/// A `redis://` URL; `Debug` and [`RedisUrl::shown`] leave out the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    url: String,
+    shown: String,
+}
+
+impl RedisUrl {
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// `redis://host:port/db`, without the password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// `file`, or `redis://[:password@]host[:port][/db]`. The value is never echoed: it may hold
+/// the password.
+pub fn parse_store(s: &str) -> Result<Store, String> {
+    let s = s.trim();
+    if s == "file" {
+        return Ok(Store::File);
+    }
+    const SHAPE: &str = "write file or redis://[:password@]host[:port][/db]";
+    if !s.starts_with("redis://") {
+        return Err(SHAPE.into());
+    }
+    let url = url::Url::parse(s).map_err(|_| SHAPE.to_owned())?;
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| SHAPE.to_owned())?;
+    let db = url.path().trim_start_matches('/');
+    if url.query().is_some() || url.fragment().is_some() || !(db.is_empty() || db.parse::<u16>().is_ok()) {
+        return Err(SHAPE.into());
+    }
+    let port = url.port().unwrap_or(6379);
+    let shown = format!("redis://{host}:{port}/{}", if db.is_empty() { "0" } else { db });
+    Ok(Store::Redis(RedisUrl { url: s.to_owned(), shown }))
 }
 
 /// What callgate does with a request whose `X-Twilio-Signature` does not validate.
@@ -294,8 +387,8 @@ pub struct SharedKey {
 }
 
 /// Flags whose value is, or holds, a secret: a bad value of one is never echoed.
-const SECRET_FLAGS: [&str; 4] =
-    ["--twilio-auth-token", "--twilio-shared-key", "--api-key", "--gate-signing-secret"];
+const SECRET_FLAGS: [&str; 5] =
+    ["--twilio-auth-token", "--twilio-shared-key", "--api-key", "--gate-signing-secret", "--store"];
 
 /// A command-line error as one line, with nothing that may be a secret: clap quotes the bad
 /// value, and the value of a secret flag is the secret (or a mistyped one, nearly the secret);
@@ -492,6 +585,9 @@ pub struct Settings {
     pub breaker_cooldown: Duration,
     pub context_ttl: Duration,
     pub context_max_entries: usize,
+    /// `--store`: the routes file, or a shared Redis.
+    pub store: Store,
+    pub store_prefix: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -610,6 +706,8 @@ impl Settings {
             breaker_cooldown: args.breaker_cooldown,
             context_ttl: args.context_ttl,
             context_max_entries: args.context_max_entries as usize,
+            store: args.store,
+            store_prefix: args.store_prefix,
         })
     }
 

@@ -59,12 +59,20 @@ pub struct Callgate {
 }
 
 impl Callgate {
-    pub fn spawn(bin: &Path, dir: &Path, engine: SocketAddr, routes: &Path, features: &Features) -> Callgate {
-        Callgate::spawn_with(bin, dir, engine, routes, features, "callgate.log", &[])
+    pub fn spawn(
+        bin: &Path,
+        dir: &Path,
+        engine: SocketAddr,
+        routes: &Path,
+        features: &Features,
+        store: Option<&str>,
+    ) -> Callgate {
+        Callgate::spawn_with(bin, dir, engine, routes, features, "callgate.log", &[], store)
     }
 
     /// As [`Callgate::spawn`], logging to `log_name` in `dir`, with `extra` flags added
-    /// (`--breaker-failures` among them replaces the bench's `0`).
+    /// (`--breaker-failures` among them replaces the bench's `0`), against `store` when given.
+    #[allow(clippy::too_many_arguments)]
     pub fn spawn_with(
         bin: &Path,
         dir: &Path,
@@ -73,6 +81,7 @@ impl Callgate {
         features: &Features,
         log_name: &str,
         extra: &[&str],
+        store: Option<&str>,
     ) -> Callgate {
         let log = dir.join(log_name);
         let stderr = File::options().create(true).append(true).open(&log).expect("log file opens");
@@ -104,6 +113,9 @@ impl Callgate {
             }
         }
         command.args(extra);
+        if let Some(store) = store {
+            command.args(["--store", store]);
+        }
         let mut child = command.spawn().expect("callgate starts");
         let Some((public, admin)) = wait_for_addresses(&log) else {
             let _ = child.kill();

@@ -96,7 +96,19 @@ pub(crate) async fn start_callgate(
 ) -> (Callgate, Features) {
     let bin = locate_binary(args.callgate.as_deref());
     let features = Features::probe(&bin);
-    let callgate = Callgate::spawn(&bin, dir, engine, routes, &features);
+    if let Some(store) = &args.store {
+        let out = std::process::Command::new(&bin)
+            .args(["store", "import", "--allow-insecure-gates", "--routes"])
+            .arg(routes)
+            .args(["--store", store])
+            .output()
+            .expect("callgate store import runs");
+        assert!(out.status.success(), "store import failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let callgate = Callgate::spawn(&bin, dir, engine, routes, &features, args.store.as_deref());
+    if args.store.is_some() {
+        println!("table: from a shared store (--store, imported from the routes file)");
+    }
     callgate.wait_ready().await;
     (callgate, features)
 }
@@ -417,6 +429,7 @@ async fn dead_gate_behind_open_circuit(
         features,
         "breaker.log",
         &extra,
+        None,
     );
     callgate.wait_ready().await;
     let via = Target::new(callgate.public);

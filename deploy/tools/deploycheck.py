@@ -7,6 +7,12 @@ Subcommands (each prints one line per finding and exits 1 on any failure):
                                     with OUT, write it there (for `callgate check --routes OUT`)
   deployment-policy FILE            the operational invariants of deployment.yaml (shutdown
                                     timing, probes, directory mount, security context)
+  shared-store DEPLOYMENT REDIS SECRET
+                                    the shared-store variant: DEPLOYMENT passes deployment-policy,
+                                    runs several replicas with CALLGATE_STORE from a Secret; REDIS
+                                    holds a Redis Deployment (noeviction, password from the Secret)
+                                    and a Service that selects it; SECRET's example store-url
+                                    names that Service and password
   dashboard FILE                    Grafana JSON: uid, title, schemaVersion, a Prometheus
                                     `datasource` variable used by every panel, unique panel ids,
                                     a query on every panel
@@ -56,7 +62,6 @@ EXPORTED = {
     "callgate_routes_last_reload_success": ("gauge", {}),
     "callgate_admin_writes_total": ("counter", {"result": {"ok", "error"}}),
     "callgate_tls_reloads_total": ("counter", {"result": {"ok", "error"}}),
-    "callgate_build_info": ("gauge", {"version": None}),
     "callgate_checks_total": (
         "counter",
         {"type": {"external_api", "caller_list", "schedule"}, "result": {"proceed", "skip", "failure"}},
@@ -66,14 +71,16 @@ EXPORTED = {
         {"result": {"stored", "hit", "waited", "miss", "expired", "evicted", "refused"}},
     ),
     "callgate_context_entries": ("gauge", {}),
+    "callgate_credentials_reloads_total": ("counter", {"result": {"ok", "error"}}),
     "callgate_events_total": ("counter", {"result": {"delivered", "retried", "given_up"}}),
     "callgate_events_pending": ("gauge", {}),
-    # callgate's own additions to SPEC 8 (README's metrics table says each one).
     "callgate_events_dropped_total": ("counter", {"reason": {"queue_full", "outbox_full"}}),
     "callgate_events_outbox_ok": ("gauge", {}),
     "callgate_events_outbox_errors_total": ("counter", {}),
-    "callgate_credentials_reloads_total": ("counter", {"result": {"ok", "error"}}),
     "callgate_open_connections": ("gauge", {}),
+    "callgate_store_up": ("gauge", {}),
+    "callgate_store_errors_total": ("counter", {"op": {"read", "write", "subscribe"}}),
+    "callgate_build_info": ("gauge", {"version": None}),
 }
 # Labels Prometheus (or the Prometheus Operator) attaches to every scraped series.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
@@ -428,6 +435,52 @@ def cmd_deployment_policy(path):
     return problems
 
 
+def cmd_shared_store(deployment, redis, secret):
+    problems = cmd_deployment_policy(deployment)
+    dep = next(d for d in load_yaml_docs(deployment) if d.get("kind") == "Deployment")
+    if (dep["spec"].get("replicas") or 1) < 2:
+        problems.append(f"{deployment}: a shared store is for several replicas; replicas is {dep['spec'].get('replicas')}")
+    cg = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "callgate")
+    env = {e["name"]: e for e in cg.get("env", [])}
+    ref = ((env.get("CALLGATE_STORE") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    if not ref.get("key"):
+        problems.append(f"{deployment}: CALLGATE_STORE must come from a Secret (the URL may hold the password)")
+
+    docs = load_yaml_docs(redis)
+    deps = [d for d in docs if d.get("kind") == "Deployment"]
+    svcs = [d for d in docs if d.get("kind") == "Service"]
+    if len(deps) != 1 or len(svcs) != 1:
+        return problems + [f"{redis}: expected one Deployment and one Service"]
+    pod = deps[0]["spec"]["template"]
+    labels = pod["metadata"].get("labels") or {}
+    selector = svcs[0]["spec"].get("selector") or {}
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        problems.append(f"{redis}: the Service's selector {selector} does not select the Redis pods {labels}")
+    container = pod["spec"]["containers"][0]
+    args = container.get("args") or []
+    if "--maxmemory-policy" not in args or args[args.index("--maxmemory-policy") + 1] != "noeviction":
+        problems.append(f"{redis}: Redis must not evict keys (--maxmemory-policy noeviction): the table has no TTL")
+    if "--requirepass" not in args:
+        problems.append(f"{redis}: Redis needs a password (--requirepass)")
+    ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", [])}
+    targets = [p.get("targetPort") for p in svcs[0]["spec"].get("ports", [])]
+    if not any(t in ports or t in ports.values() for t in targets):
+        problems.append(f"{redis}: the Service's targetPort {targets} is none of the container's ports {ports}")
+
+    data = next((d for d in load_yaml_docs(secret) if d.get("kind") == "Secret"), {}).get("stringData") or {}
+    url = data.get(ref.get("key", ""), "")
+    m = re.fullmatch(r"redis://(?::([^@]*)@)?([^:/]+)(?::([0-9]+))?(?:/([0-9]+))?", url)
+    name = svcs[0]["metadata"]["name"]
+    if not m:
+        problems.append(f"{secret}: {ref.get('key')} is not a redis:// URL callgate accepts")
+    else:
+        if m.group(2) != name:
+            problems.append(f"{secret}: {ref.get('key')} names host {m.group(2)!r}, not the Redis Service {name!r}")
+        if m.group(1) != data.get("redis-password"):
+            problems.append(f"{secret}: {ref.get('key')}'s password is not redis-password")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 def plain_groups(path):
     doc = load_yaml_docs(path)
@@ -668,6 +721,8 @@ def main(argv):
             problems = cmd_routes_configmap(*args)
         elif cmd == "deployment-policy" and len(args) == 1:
             problems = cmd_deployment_policy(*args)
+        elif cmd == "shared-store" and len(args) == 3:
+            problems = cmd_shared_store(*args)
         elif cmd == "dockerfile" and len(args) == 2:
             problems = cmd_dockerfile(*args)
         elif cmd == "rules-equal" and len(args) == 2:

@@ -1,8 +1,8 @@
 //! Caller context pushed ahead of the call (SPEC §12): held per (agent id, caller number) for
 //! `--context-ttl`, newest push wins, at most `--context-max-entries` (oldest evicted first),
 //! taken once by the matching ringing call, which may wait for it (`context_wait_ms`), released
-//! at once by the push it waits for. [`ContextStore`] is the interface a shared (Redis) store
-//! can implement later; [`MemoryContexts`] is this replica's own.
+//! at once by the push it waits for. [`ContextStore`] is the interface; [`MemoryContexts`] is
+//! this replica's own, and [`super::shared_context::RedisContexts`] the shared store's.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -124,8 +124,8 @@ impl Lookup {
     }
 }
 
-/// Where pushed context is held. Implemented by [`MemoryContexts`]; a shared store (issue 16)
-/// implements the same two calls.
+/// Where pushed context is held: [`MemoryContexts`], or the shared store
+/// ([`super::shared_context::RedisContexts`]).
 pub trait ContextStore: Send + Sync {
     /// How long a push is held.
     fn ttl(&self) -> Duration;

@@ -1,8 +1,8 @@
 //! CallSid dedup (SPEC §13): Twilio retries a webhook it got no answer to, and a Fallback URL
 //! may bring the same call again. A CallSid decided within `--dedup-window` gets the first
 //! decision again (`replayed`); one arriving while the first is still with the gate waits for
-//! that decision (`joined`, single flight). The store is an enum so that a shared one (Redis,
-//! across replicas) can be added beside the in-memory one.
+//! that decision (`joined`, single flight). With `--store redis` the same holds across
+//! replicas ([`super::shared_dedup`]), this replica's memory in front of the store and behind it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,8 @@ use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 use tokio::sync::watch;
 
+use super::link::{Link, Listener};
+use super::shared_dedup::{self, Found, Remote, SharedDedup};
 use super::{Call, Verdict};
 
 /// CallSids remembered at once; beyond it the oldest go first, whatever their age. At 60 s,
@@ -26,6 +28,8 @@ pub enum Dedup {
     Off,
     /// This process only.
     Memory(MemoryDedup),
+    /// Every replica of the shared store; this process's memory first.
+    Shared(MemoryDedup, SharedDedup),
 }
 
 impl Dedup {
@@ -38,6 +42,14 @@ impl Dedup {
         }
     }
 
+    /// The store for `window`, shared through `link` with every replica.
+    pub fn shared(window: Duration, link: Arc<Link>) -> Dedup {
+        match Dedup::new(window) {
+            Dedup::Memory(memory) => Dedup::Shared(memory, SharedDedup::new(link, window)),
+            other => other,
+        }
+    }
+
     /// What to do with `call`: decide it (and settle the claim), replay, or join. Calls without
     /// a CallSid and test calls are never deduplicated.
     pub async fn claim(&self, call: &Call) -> Claim<'_> {
@@ -47,6 +59,28 @@ impl Dedup {
         match self {
             Dedup::Off => Claim::Untracked,
             Dedup::Memory(memory) => memory.claim(&call.call_id),
+            Dedup::Shared(memory, shared) => {
+                // A duplicate on this replica joins or replays here, without the store.
+                let mut lead = match memory.claim(&call.call_id) {
+                    Claim::Lead(lead) => lead,
+                    here => return here,
+                };
+                match shared.claim(&call.call_id).await {
+                    Found::Claimed(remote) => {
+                        lead.remote = Some(remote);
+                        Claim::Lead(lead)
+                    }
+                    Found::Pending(listener, hold) => {
+                        let link = Arc::clone(shared.link());
+                        Claim::Join(Follow::Remote(Box::new(Elsewhere { lead, link, listener, hold })))
+                    }
+                    Found::Decided(first) => {
+                        lead.settle(&first);
+                        Claim::Replay(Arc::from(first))
+                    }
+                    Found::Unknown => Claim::Lead(lead),
+                }
+            }
         }
     }
 }
@@ -60,7 +94,7 @@ pub enum Claim<'d> {
     /// Decided within the window: this is the first decision.
     Replay(Arc<Verdict>),
     /// The first is still being decided: wait for it.
-    Join(Follow),
+    Join(Follow<'d>),
 }
 
 /// One remembered CallSid.
@@ -117,7 +151,7 @@ impl MemoryDedup {
         let fresh = Slot { seq, state: SlotState::Pending(rx) };
         match self.slots.entry(call_id.into()) {
             Entry::Occupied(mut held) => match &held.get().state {
-                SlotState::Pending(rx) => return Claim::Join(Follow(rx.clone())),
+                SlotState::Pending(rx) => return Claim::Join(Follow::Local(rx.clone())),
                 SlotState::Done { verdict, at } if now.duration_since(*at) < self.window => {
                     return Claim::Replay(Arc::clone(verdict));
                 }
@@ -130,7 +164,7 @@ impl MemoryDedup {
             }
         }
         self.remember(call_id, seq, now);
-        Claim::Lead(Lead { store: self, key: call_id.into(), seq, tx, settled: false })
+        Claim::Lead(Lead { store: self, key: call_id.into(), seq, tx, settled: false, remote: None })
     }
 
     /// Queues a claim for eviction and evicts what is past its window or beyond capacity.
@@ -165,6 +199,8 @@ pub struct Lead<'d> {
     seq: u64,
     tx: watch::Sender<Option<Arc<Verdict>>>,
     settled: bool,
+    /// This replica's claim in the shared store, when it holds one.
+    remote: Option<Remote>,
 }
 
 impl Lead<'_> {
@@ -180,6 +216,9 @@ impl Lead<'_> {
                 slot.state = SlotState::Done { verdict: Arc::clone(&kept), at: Instant::now() };
             }
         }
+        if let Some(remote) = self.remote.take() {
+            remote.settle(&kept);
+        }
         self.tx.send_replace(Some(kept));
         self.settled = true;
     }
@@ -189,19 +228,60 @@ impl Drop for Lead<'_> {
     fn drop(&mut self) {
         if !self.settled {
             self.store.slots.remove_if(&self.key, |_, slot| slot.seq == self.seq);
+            if let Some(remote) = self.remote.take() {
+                remote.release();
+            }
         }
     }
 }
 
 /// A duplicate waiting on the first call's decision.
-pub struct Follow(watch::Receiver<Option<Arc<Verdict>>>);
+pub enum Follow<'d> {
+    /// The first is on this replica.
+    Local(watch::Receiver<Option<Arc<Verdict>>>),
+    /// The first is on another replica.
+    Remote(Box<Elsewhere<'d>>),
+}
 
-impl Follow {
-    /// The first call's decision, or `None` if it went away undecided or `within` passed.
-    pub async fn wait(mut self, within: Duration) -> Option<Arc<Verdict>> {
-        match tokio::time::timeout(within, self.0.wait_for(Option::is_some)).await {
-            Ok(Ok(decided)) => decided.clone(),
-            _ => None,
+/// A first call on another replica. `lead` holds this CallSid here meanwhile, so that
+/// duplicates on this replica wait here; `hold` is how long the other's claim has left.
+pub struct Elsewhere<'d> {
+    lead: Lead<'d>,
+    link: Arc<Link>,
+    listener: Listener,
+    hold: Duration,
+}
+
+/// What a duplicate's wait came to.
+pub enum Joined<'d> {
+    /// The first call's decision.
+    Decided(Arc<Verdict>),
+    /// The first went away undecided, or `within` passed: decide this one (settling `lead`
+    /// when there is one).
+    Undecided(Option<Lead<'d>>),
+}
+
+impl<'d> Follow<'d> {
+    /// The first call's decision, or what to decide with if it went away or `within` passed.
+    pub async fn wait(self, within: Duration) -> Joined<'d> {
+        match self {
+            Follow::Local(mut rx) => match tokio::time::timeout(within, rx.wait_for(Option::is_some)).await {
+                Ok(Ok(decided)) => match decided.clone() {
+                    Some(first) => Joined::Decided(first),
+                    None => Joined::Undecided(None),
+                },
+                _ => Joined::Undecided(None),
+            },
+            Follow::Remote(elsewhere) => {
+                let Elsewhere { lead, link, listener, hold } = *elsewhere;
+                match shared_dedup::wait(&link, &listener, &lead.key, hold, within).await {
+                    Some(first) => {
+                        lead.settle(&first);
+                        Joined::Decided(Arc::new(first))
+                    }
+                    None => Joined::Undecided(Some(lead)),
+                }
+            }
         }
     }
 }
@@ -222,12 +302,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_decided_call_is_replayed_and_a_pending_one_joined() {
-        let dedup = Dedup::new(Duration::from_secs(60));
+        // The wait is spawned, so what it borrows lives for the test.
+        let dedup: &'static Dedup = Box::leak(Box::new(Dedup::new(Duration::from_secs(60))));
         let Claim::Lead(lead) = dedup.claim(&call("CA1")).await else { panic!("the first leads") };
         let Claim::Join(follow) = dedup.claim(&call("CA1")).await else { panic!("a second joins") };
         let waiting = tokio::spawn(follow.wait(Duration::from_secs(5)));
         lead.settle(&verdict(Decision::Reject));
-        assert_eq!(waiting.await.unwrap().unwrap().decision, Decision::Reject);
+        let Joined::Decided(first) = waiting.await.unwrap() else { panic!("joined") };
+        assert_eq!(first.decision, Decision::Reject);
         let Claim::Replay(first) = dedup.claim(&call("CA1")).await else { panic!("a third replays") };
         assert_eq!(first.decision, Decision::Reject);
         assert!(matches!(dedup.claim(&call("CA2")).await, Claim::Lead(_)));
@@ -251,7 +333,7 @@ mod tests {
         let Claim::Lead(lead) = dedup.claim(&call("CA1")).await else { panic!() };
         let Claim::Join(follow) = dedup.claim(&call("CA1")).await else { panic!() };
         drop(lead);
-        assert!(follow.wait(Duration::from_secs(5)).await.is_none());
+        assert!(matches!(follow.wait(Duration::from_secs(5)).await, Joined::Undecided(None)));
         assert!(matches!(dedup.claim(&call("CA1")).await, Claim::Lead(_)), "forgotten, asked again");
     }
 

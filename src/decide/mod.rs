@@ -16,7 +16,10 @@ pub mod breaker;
 pub mod chain;
 pub mod context;
 pub mod dedup;
+pub mod link;
 pub mod record;
+pub mod shared_context;
+pub mod shared_dedup;
 pub mod verdict;
 
 use std::sync::Arc;
@@ -26,7 +29,7 @@ pub use answer::GateDecision;
 pub use verdict::{Cause, Decision, DedupResult, Dropped, Enrichment, GateResult, GateRun, Verdict};
 
 use breaker::{Breaker, Outcome};
-use dedup::{Claim, Dedup};
+use dedup::{Claim, Dedup, Joined};
 
 use crate::gate::{GateClient, GateRequest};
 use crate::routes::store::RouteStore;
@@ -103,9 +106,9 @@ pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Ver
         Claim::Join(follow) => {
             let started = Instant::now();
             match follow.wait(deadline.remaining()).await {
-                Some(first) => return again(&first, DedupResult::Joined, started.elapsed()),
+                Joined::Decided(first) => return again(&first, DedupResult::Joined, started.elapsed()),
                 // The first went away undecided: decide this one.
-                None => None,
+                Joined::Undecided(lead) => lead,
             }
         }
     };

@@ -4,9 +4,11 @@
 
 mod check;
 pub mod checks;
+mod delta;
 mod file;
 mod gate;
 mod shape;
+pub mod shared;
 pub mod store;
 pub mod watch;
 pub mod writer;

@@ -2,6 +2,13 @@
 //! applied one batch at a time. Edits waiting behind a save are combined into the next batch
 //! (group commit): one copy of the table, one atomic save, one swap, then every caller is
 //! answered. A batch that cannot be saved changes nothing, in memory or on disk.
+//!
+//! With `--store redis://...` the same task keeps the table in the shared store instead
+//! ([`super::shared`]): a batch is applied to the table in force and written to Redis with a
+//! version check (retried on top of a newer table when another replica wrote first); changes
+//! made through other replicas come in as the change their notice carries ([`super::delta`]),
+//! then as syncs of the whole table. The routes file is then only read, at start-up
+//! while the store does not answer.
 
 use std::hash::Hasher;
 use std::io::Write;
@@ -11,16 +18,17 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::shared::{Expect, Redis, StoreError, Written};
 use super::store::RouteStore;
 use super::watch::{stat, Stat};
 use super::{Gate, RouteTable, ValidateOptions};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreOp};
 
 /// Most edits combined into one save.
 const MAX_BATCH: usize = 4096;
 
 /// One admin change to the table. Values are validated before they are queued.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Edit {
     AgentGate {
         agent_id: String,
@@ -71,6 +79,10 @@ pub enum WriteError {
     Unsaved(#[source] std::io::Error),
     #[error("the routes writer has stopped")]
     Stopped,
+    #[error("the shared store does not answer; calls go on with the last table")]
+    StoreUnavailable,
+    #[error("the shared store is empty while this replica holds a table (a Redis restarted without its data?); load it with `callgate store import`")]
+    StoreEmpty,
     /// The edit names a check set the table does not have.
     #[error("no check set named {0:?}")]
     NoCheckSet(String),
@@ -82,6 +94,8 @@ pub enum WriteError {
 enum Job {
     Edit(Box<Edit>, oneshot::Sender<Result<bool, WriteError>>),
     Reload(oneshot::Sender<()>),
+    Sync(oneshot::Sender<()>),
+    Notice(Vec<u8>, oneshot::Sender<()>),
 }
 
 /// A handle to the writer task; cheap to clone.
@@ -93,18 +107,28 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task. Its first job is the initial load of the routes file into
     /// `store`; the returned receiver says how that went. Edits sent meanwhile wait for it.
+    /// With `shared`, the table is kept in the shared store, and the first load waits for the
+    /// store unless the routes file exists.
     pub fn start(
         store: Arc<RouteStore>,
         path: PathBuf,
         options: ValidateOptions,
         metrics: &'static Metrics,
+        shared: Option<Redis>,
     ) -> (Writer, oneshot::Receiver<Result<(), LoadError>>) {
         let (jobs, queue) = mpsc::channel(MAX_BATCH);
         let (loaded, first_load) = oneshot::channel();
-        let task = Task { store, path, options, metrics, content: None, stat: None };
+        let shared = shared.map(|redis| {
+            metrics.set_store_up(false);
+            Shared { redis, version: None, empty: false, up: false }
+        });
+        let task = Task { store, path, options, metrics, content: None, stat: None, shared, applied: None };
         tokio::spawn(async move {
             let mut task = task;
-            let result = task.initial_load().await;
+            let result = match task.shared {
+                Some(_) => task.initial_load_shared().await,
+                None => task.initial_load().await,
+            };
             let failed = result.is_err();
             let _ = loaded.send(result);
             if !failed {
@@ -129,6 +153,38 @@ impl Writer {
             let _ = answer.await;
         }
     }
+
+    /// Puts in force the change a shared store's notice carries ([`super::delta`]), when it was
+    /// made on top of the table in force; the whole table is read by the [`Writer::sync`] that
+    /// follows.
+    pub async fn notice(&self, notice: Vec<u8>) {
+        let (done, answer) = oneshot::channel();
+        if self.jobs.send(Job::Notice(notice, done)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    /// Compares the shared store's version with the table in force, and takes in the store's
+    /// table if it changed.
+    pub async fn sync(&self) {
+        let (done, answer) = oneshot::channel();
+        if self.jobs.send(Job::Sync(done)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+}
+
+/// The writer's view of the shared store.
+struct Shared {
+    redis: Redis,
+    /// The store's version of the table in force; `None` while the table did not come from
+    /// the store (the routes file, or a store empty from the start).
+    version: Option<i64>,
+    /// The store was found empty while this replica held a non-empty table: table writes are
+    /// refused until a table is imported.
+    empty: bool,
+    /// The last store operation succeeded.
+    up: bool,
 }
 
 /// Whether a missing routes file is a failed reload (the watcher saw it go) or nothing to take
@@ -149,6 +205,10 @@ struct Task {
     /// The file's metadata when it was last read or written here: unchanged metadata means no
     /// hand edit to take in before a save.
     stat: Option<Stat>,
+    /// `--store redis://...`: the table lives there, and the routes file is never written.
+    shared: Option<Shared>,
+    /// The version whose change (only) is in force, until the whole table is read.
+    applied: Option<i64>,
 }
 
 impl Task {
@@ -190,11 +250,15 @@ impl Task {
         while let Some(first) = queue.recv().await {
             let mut edits = Vec::new();
             let mut reloads = Vec::new();
+            let mut syncs = Vec::new();
+            let mut notices = Vec::new();
             let mut next = Some(first);
             while let Some(job) = next.take() {
                 match job {
                     Job::Edit(edit, done) => edits.push((*edit, done)),
                     Job::Reload(done) => reloads.push(done),
+                    Job::Sync(done) => syncs.push(done),
+                    Job::Notice(notice, done) => notices.push((notice, done)),
                 }
                 if edits.len() < MAX_BATCH {
                     next = queue.try_recv().ok();
@@ -206,8 +270,22 @@ impl Task {
                     let _ = done.send(());
                 }
             }
+            for (notice, done) in notices {
+                self.take_notice(&notice).await;
+                let _ = done.send(());
+            }
+            if !syncs.is_empty() {
+                self.sync().await;
+                for done in syncs {
+                    let _ = done.send(());
+                }
+            }
             if !edits.is_empty() {
-                self.apply(edits).await;
+                if self.shared.is_some() {
+                    self.apply_shared(edits).await;
+                } else {
+                    self.apply(edits).await;
+                }
             }
         }
     }
@@ -265,6 +343,10 @@ impl Task {
     }
 
     async fn reload(&mut self, missing: Missing) {
+        if self.shared.is_some() {
+            // The table comes from the shared store; the file is read at start-up only.
+            return;
+        }
         // The file callgate itself last read or wrote, untouched since: nothing to read (the
         // watcher reports callgate's own saves too).
         if self.stat.is_some() && stat(&self.path) == self.stat {
@@ -300,6 +382,299 @@ impl Task {
         // same as before, it is loaded (and counted) again.
         self.content = None;
     }
+}
+
+/// The shared store (`--store redis://...`).
+impl Task {
+    fn shared(&mut self) -> &mut Shared {
+        self.shared.as_mut().expect("called in shared mode only")
+    }
+
+    /// The first table: the store's; while the store does not answer, the routes file if it
+    /// exists (invalid: a start-up error, as in file mode), else nothing until the store
+    /// answers (`/readyz` stays 503 meanwhile).
+    async fn initial_load_shared(&mut self) -> Result<(), LoadError> {
+        let mut tried_file = false;
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match self.shared().redis.fetch().await {
+                Ok(None) => {
+                    self.store_answers();
+                    tracing::info!(store = %self.shared().redis.shown(), "the shared store is empty; starting with an empty table");
+                    self.metrics.record_reload(true);
+                    self.install(RouteTable::empty(), None);
+                    return Ok(());
+                }
+                Ok(Some((version, doc))) => {
+                    self.store_answers();
+                    match parse_doc(doc, self.options).await {
+                        Ok(table) => {
+                            tracing::info!(
+                                store = %self.shared().redis.shown(),
+                                version,
+                                agents = table.agent_count(),
+                                numbers = table.number_count(),
+                                "routes loaded from the shared store"
+                            );
+                            self.metrics.record_reload(true);
+                            self.install(table, None);
+                            self.shared().version = Some(version);
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            tracing::error!(reason = %e, "the table in the shared store is invalid; not taken in");
+                            self.metrics.record_reload(false);
+                        }
+                    }
+                }
+                Err(e) => self.store_fails(StoreOp::Read, &e),
+            }
+            if !tried_file {
+                tried_file = true;
+                let path = self.path.clone();
+                let options = self.options;
+                let read = tokio::task::spawn_blocking(move || read_table(&path, &options, None))
+                    .await
+                    .expect("the load task does not panic");
+                match read {
+                    Ok(Read::Parsed(Ok(table), _)) => {
+                        tracing::warn!(
+                            path = %self.path.display(),
+                            agents = table.agent_count(),
+                            numbers = table.number_count(),
+                            "the shared store has no table for us yet; serving the routes file until it does"
+                        );
+                        self.metrics.record_reload(true);
+                        self.install(table, None);
+                        return Ok(());
+                    }
+                    Ok(Read::Parsed(Err(source), _)) => {
+                        return Err(LoadError::Invalid { path: self.path.display().to_string(), source })
+                    }
+                    Ok(Read::Unchanged) => unreachable!("nothing to compare with at start-up"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        tracing::warn!(
+                            path = %self.path.display(),
+                            "no routes file to serve meanwhile; not ready until the shared store answers"
+                        );
+                    }
+                    Err(source) => {
+                        return Err(LoadError::Read { path: self.path.display().to_string(), source })
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+        }
+    }
+
+    /// Applies a notice's change if it was made on top of the table in force. The version in
+    /// force is left as it was: the sync that follows reads the whole table, so what is in force
+    /// ends up the store's exactly, and a write never starts from a table built from a change.
+    async fn take_notice(&mut self, notice: &[u8]) {
+        let Some(shared) = &self.shared else { return };
+        let Some(read) = super::delta::Notice::read(notice) else { return };
+        let (Some(from), Some(change)) = (read.from, read.change) else { return };
+        if shared.empty || shared.version != Some(from) || self.applied == Some(read.version) {
+            return;
+        }
+        let current = self.store.load_full();
+        let (change, options) = (change.to_vec(), self.options);
+        let applied = tokio::task::spawn_blocking(move || super::delta::apply(&current, &change, &options))
+            .await
+            .expect("the change task does not panic");
+        match applied {
+            Some(table) => {
+                tracing::info!(version = read.version, "routes change taken from the shared store's notice");
+                self.applied = Some(read.version);
+                self.install(table, None);
+            }
+            None => tracing::warn!(
+                version = read.version,
+                "a routes change in the shared store's notice could not be applied; reading the whole table"
+            ),
+        }
+    }
+
+    /// Takes in the store's table if its version is not the one in force.
+    async fn sync(&mut self) {
+        if self.shared.is_none() {
+            return;
+        }
+        let version = match self.shared().redis.version().await {
+            Ok(v) => v,
+            Err(e) => return self.store_fails(StoreOp::Read, &e),
+        };
+        self.store_answers();
+        let held = self.shared().version;
+        if version.is_some() && version == held {
+            return;
+        }
+        let fetched = match version {
+            None => None,
+            Some(_) => match self.shared().redis.fetch().await {
+                Ok(fetched) => fetched,
+                Err(e) => return self.store_fails(StoreOp::Read, &e),
+            },
+        };
+        let Some((version, doc)) = fetched else {
+            return self.found_empty();
+        };
+        match parse_doc(doc, self.options).await {
+            Ok(table) => {
+                if std::mem::take(&mut self.shared().empty) {
+                    tracing::info!("the shared store holds a table again; table writes are taken again");
+                }
+                tracing::info!(
+                    version,
+                    agents = table.agent_count(),
+                    numbers = table.number_count(),
+                    "routes changed in the shared store"
+                );
+                self.metrics.record_reload(true);
+                self.install(table, None);
+            }
+            Err(e) => {
+                tracing::error!(version, reason = %e, "the table in the shared store is invalid; the last table keeps serving");
+                self.metrics.record_reload(false);
+            }
+        }
+        // An invalid version is not read again; the next write replaces it.
+        self.shared().version = Some(version);
+    }
+
+    /// The store holds no table. A store empty from the start is an empty table; a store found
+    /// empty while this replica holds a table (a Redis restarted without its data) leaves the
+    /// table in force, and table writes wait for `store import`.
+    fn found_empty(&mut self) {
+        let holds_table = {
+            let table = self.store.load();
+            table.agent_count() > 0 || table.number_count() > 0
+        };
+        let shared = self.shared();
+        shared.version = None;
+        if !holds_table || shared.empty {
+            return;
+        }
+        shared.empty = true;
+        tracing::error!(
+            store = %shared.redis.shown(),
+            "the shared store is empty while this replica holds a table (a Redis restarted without its data?); \
+             keeping the last table; table writes answer 503 store_empty until `callgate store import`"
+        );
+        self.metrics.record_reload(false);
+    }
+
+    fn store_answers(&mut self) {
+        let shared = self.shared();
+        if !shared.up {
+            tracing::info!(store = %shared.redis.shown(), "the shared store answers");
+            shared.up = true;
+        }
+        self.metrics.set_store_up(true);
+    }
+
+    fn store_fails(&mut self, op: StoreOp, e: &StoreError) {
+        self.metrics.record_store_error(op);
+        self.metrics.set_store_up(false);
+        let shared = self.shared();
+        if shared.up {
+            tracing::warn!(
+                store = %shared.redis.shown(),
+                error = %e,
+                "the shared store does not answer; calls go on with the last table, table writes answer 503 store_unavailable"
+            );
+            shared.up = false;
+        }
+    }
+
+    /// Applies a batch on top of the store's newest table and writes it with a version check:
+    /// answered once Redis has it. Another replica writing first means a sync and another try.
+    async fn apply_shared(&mut self, jobs: Vec<(Edit, oneshot::Sender<Result<bool, WriteError>>)>) {
+        const MAX_TRIES: usize = 10;
+        let (edits, waiting): (Vec<Edit>, Vec<_>) = jobs.into_iter().unzip();
+        let mut tries = 0;
+        let outcome = loop {
+            tries += 1;
+            self.sync().await;
+            let shared = self.shared();
+            if !shared.up {
+                break Err(WriteError::StoreUnavailable);
+            }
+            if shared.empty {
+                break Err(WriteError::StoreEmpty);
+            }
+            let expect = shared.version.map_or(Expect::Empty, Expect::Version);
+            let current = self.store.load_full();
+            let edits = edits.clone();
+            let (table, doc, change, had) = tokio::task::spawn_blocking(move || {
+                let mut table = RouteTable::clone(&current);
+                drop(current);
+                // An edit refused alone (a missing check set, one in use) changes nothing; the
+                // rest of the batch is still written.
+                let touched = super::delta::Touched::of(&edits);
+                let had: Vec<Result<bool, WriteError>> =
+                    edits.into_iter().map(|edit| apply_one(&mut table, edit)).collect();
+                let doc = serde_json::to_vec(&table).expect("a table serialises");
+                let change = super::delta::encode(&table, &touched);
+                (table, doc, change, had)
+            })
+            .await
+            .expect("the edit task does not panic");
+            let written = self.shared().redis.write(expect, doc, change).await;
+            // The document and the connection that carried it are gone: hand their pages back.
+            let _ = tokio::task::spawn_blocking(release_memory).await;
+            match written {
+                Ok(Written::Done(version)) => {
+                    self.store_answers();
+                    self.install(table, None);
+                    self.shared().version = Some(version);
+                    break Ok(had);
+                }
+                Ok(Written::Conflict) if tries < MAX_TRIES => continue,
+                Ok(Written::Conflict) => {
+                    tracing::error!(
+                        tries,
+                        "admin write not stored: other replicas kept writing first; nothing changed"
+                    );
+                    break Err(WriteError::StoreUnavailable);
+                }
+                Err(e) => {
+                    self.store_fails(StoreOp::Write, &e);
+                    break Err(WriteError::StoreUnavailable);
+                }
+            }
+        };
+        match outcome {
+            Ok(had) => {
+                for (had, done) in had.into_iter().zip(waiting) {
+                    self.metrics.record_admin_write(had.is_ok());
+                    let _ = done.send(had);
+                }
+            }
+            Err(e) => {
+                for done in waiting {
+                    self.metrics.record_admin_write(false);
+                    let _ = done.send(Err(match e {
+                        WriteError::StoreEmpty => WriteError::StoreEmpty,
+                        _ => WriteError::StoreUnavailable,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Parses a table read from the shared store, on the blocking pool.
+async fn parse_doc(doc: Vec<u8>, options: ValidateOptions) -> Result<RouteTable, super::RoutesError> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = RouteTable::parse(&doc, &options);
+        drop(doc);
+        release_memory();
+        parsed
+    })
+    .await
+    .expect("the parse task does not panic")
 }
 
 /// What reading the routes file found.

@@ -2,6 +2,8 @@
 //! sockets, and a small HTTP client. Nothing here mocks the network.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -167,7 +167,7 @@ async fn json_decision_lines_carry_the_specs_fields_and_no_secrets() {
     assert_eq!(line["agent_id"], "agent_a");
     assert_eq!(line["source"], "agent");
     assert_eq!(line["decision"], "reject");
-    assert_eq!(line["cause"], "");
+    assert_eq!(line["cause"], serde_json::Value::Null, "a field with nothing to say is left out");
     assert_eq!(line["reason"], "out of credit");
     assert!(line["gate_ms"].as_f64().is_some_and(|ms| ms > 0.0));
     assert_eq!(line["gate"], gate.url("/precall"), "scheme, host and path only");

@@ -63,7 +63,7 @@ impl Record {
     }
 }
 
-type Kept = DashMap<Box<str>, (u64, Arc<Record>), FxBuildHasher>;
+type Kept = DashMap<Arc<str>, (u64, Arc<Record>), FxBuildHasher>;
 
 /// The last `capacity` records by CallSid. Cheap to clone.
 #[derive(Clone)]
@@ -73,7 +73,7 @@ struct Log {
     kept: Kept,
     /// Insertion order, for eviction; each entry's sequence tells whether the map's record for
     /// that CallSid is still this one (a later call may have replaced it).
-    order: Mutex<VecDeque<(Box<str>, u64)>>,
+    order: Mutex<VecDeque<(Arc<str>, u64)>>,
     seq: AtomicU64,
     capacity: usize,
 }
@@ -96,8 +96,8 @@ impl DecisionLog {
             return;
         }
         let seq = log.seq.fetch_add(1, Ordering::Relaxed);
-        let sid: Box<str> = record.call_id.as_str().into();
-        log.kept.insert(sid.clone(), (seq, Arc::new(record)));
+        let sid: Arc<str> = record.call_id.as_str().into();
+        log.kept.insert(Arc::clone(&sid), (seq, Arc::new(record)));
         let evicted = {
             let mut order = log.order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             order.push_back((sid, seq));

@@ -96,23 +96,24 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
         Some(how) => app.metrics.record_dedup(how),
         None => app.metrics.record_verdict(verdict),
     }
+    // A field with nothing to say is left out of the line (each is one less to format per call).
     tracing::info!(
         target: "callgate::call",
         call_id = call.call_id,
         to = call.to,
-        agent_id = verdict.agent_id().unwrap_or(""),
+        agent_id = verdict.agent_id(),
         source = verdict.source.as_str(),
         decision = verdict.decision.as_str(),
-        cause = verdict.cause.map_or("", |c| c.as_str()),
-        reason = verdict.reason.as_deref().unwrap_or(""),
-        gate_ms = verdict.gate_ms().unwrap_or(0.0),
-        override_agent_id = verdict.override_agent_id().unwrap_or(""),
+        cause = verdict.cause.map(|c| c.as_str()),
+        reason = verdict.reason.as_deref(),
+        gate_ms = verdict.gate_ms(),
+        override_agent_id = verdict.override_agent_id(),
         // hit, waited or miss only: pushed context is data about people, never logged.
-        context = verdict.context.map_or("", |c| c.as_str()),
-        gate = verdict.gate_display.as_deref().unwrap_or(""),
-        checks = %Checks(&verdict.checks),
-        dedup = verdict.dedup.map_or("", |d| d.as_str()),
-        shadow = verdict.shadow,
+        context = verdict.context.map(|c| c.as_str()),
+        gate = verdict.gate_display.as_deref(),
+        checks = (!verdict.checks.is_empty()).then(|| tracing::field::display(Checks(&verdict.checks))),
+        dedup = verdict.dedup.map(|d| d.as_str()),
+        shadow = verdict.shadow.then_some(true),
         "call decided"
     );
     if verdict.dedup.is_some() {

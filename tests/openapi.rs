@@ -348,3 +348,37 @@ async fn a_null_member_of_a_check_is_not_given_and_not_answered() {
     assert_eq!(body, want, "the PUT answers what GET does");
     cg.stop().await;
 }
+
+/// Found by schemathesis: GET of a chain gate answered `checks` (or `check_set`), which the
+/// document's gate-state schemas did not list (they refuse other properties). Every key such an
+/// answer carries is now a property of its schema.
+#[tokio::test]
+async fn a_chain_gates_state_is_described_by_its_schema() {
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let routes = serde_json::json!({"check_sets": {"hours": [
+        {"type": "schedule", "name": "Hours", "timezone": "Europe/London", "open": []}]}});
+    let cg = Callgate::spawn(&routes.to_string(), &engine.url("")).await;
+    let checks =
+        serde_json::json!({"checks": [{"type": "caller_list", "name": "Blocklist", "deny": ["+4487*"]}]});
+    let cases = [
+        ("/v1/integrations/precall/agent/agent_a", checks, "AgentGateState"),
+        (
+            "/v1/integrations/precall/number/+447700900123",
+            serde_json::json!({"check_set": "hours"}),
+            "NumberGateState",
+        ),
+    ];
+    let schemas = &document()["components"]["schemas"];
+    for (path, gate, schema) in cases {
+        let (status, body) = cg.admin("PUT", path, Some(gate)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let (status, state) = cg.admin("GET", path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let properties = schemas[schema]["properties"].as_object().expect("properties");
+        for key in state.as_object().expect("an object").keys() {
+            assert!(properties.contains_key(key), "{schema} lacks `{key}` that GET {path} answers: {state}");
+        }
+        assert!(state.get("checks").or(state.get("check_set")).is_some(), "{state}");
+    }
+    cg.stop().await;
+}

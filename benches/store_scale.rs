@@ -24,8 +24,9 @@
 
 #[path = "common/child.rs"]
 mod child;
+#[path = "common/table.rs"]
+mod table;
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -33,70 +34,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use table::{routes_file, Shape};
+
 const API_KEY: &str = "kid:ksecret";
-
-#[derive(Clone, Copy)]
-struct Shape {
-    numbers: u64,
-    agents: u64,
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn token(seed: u64) -> String {
-    format!("{:016x}{:016x}", splitmix(seed), splitmix(seed ^ 0x5bd1_e995))
-}
-
-/// The table of `benches/routes_scale.rs` (same shape, same content): every agent with an
-/// https gate, 90% of numbers on an agent only, 10% with their own gate.
-fn routes_file(shape: Shape) -> Vec<u8> {
-    let mut s = String::with_capacity((shape.agents * 130 + shape.numbers * 60) as usize);
-    s.push_str("{\n  \"agents\": {\n");
-    for a in 0..shape.agents {
-        let _ = write!(s, "    \"agent_{a}\": {{\"gate\": {{\"url\": \"https://api.example.com/precall/agent_{a}?token={}\"", token(a));
-        if a % 10 == 3 {
-            s.push_str(", \"timeout_ms\": 3000");
-        }
-        if a % 50 == 7 {
-            s.push_str(", \"on_failure\": \"reject\"");
-        }
-        s.push_str("}}");
-        s.push_str(if a + 1 < shape.agents { ",\n" } else { "\n" });
-    }
-    s.push_str("  },\n  \"numbers\": {\n");
-    for i in 0..shape.numbers {
-        let agent = i % shape.agents;
-        let n = format!("+1555{i:07}");
-        if i % 10 == 9 {
-            let _ = write!(s, "    \"{n}\": {{");
-            if i % 20 != 19 {
-                let _ = write!(s, "\"agent_id\": \"agent_{agent}\", ");
-            }
-            let _ = write!(
-                s,
-                "\"gate\": {{\"url\": \"https://gates.example.net/precall/numbers/{i}?token={}\"",
-                token(!i)
-            );
-            if i % 30 == 9 {
-                s.push_str(", \"timeout_ms\": 2000");
-            }
-            if i % 70 == 49 {
-                s.push_str(", \"on_failure\": \"reject\"");
-            }
-            s.push_str("}}");
-        } else {
-            let _ = write!(s, "    \"{n}\": {{\"agent_id\": \"agent_{agent}\"}}");
-        }
-        s.push_str(if i + 1 < shape.numbers { ",\n" } else { "\n" });
-    }
-    s.push_str("  }\n}\n");
-    s.into_bytes()
-}
 
 /// A `redis-server` of the bench's own, stopped on drop.
 struct Redis {
@@ -261,7 +201,7 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("store_scale").tempdir().expect("temp dir");
     let path = dir.path().join("routes.json");
     progress(&format!("generating {} numbers, {} agents", shape.numbers, shape.agents));
-    let bytes = routes_file(shape);
+    let bytes = routes_file(shape, None);
     std::fs::write(&path, &bytes).expect("routes file written");
     drop(bytes);
     let mut rows: Vec<(String, String, String)> = Vec::new();

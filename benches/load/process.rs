@@ -71,7 +71,7 @@ impl Callgate {
     }
 
     /// As [`Callgate::spawn`], logging to `log_name` in `dir`, with `extra` flags added
-    /// (`--breaker-failures` among them replaces the bench's `0`), against `store` when given.
+    /// (a resilience flag among them replaces the bench's `0`), against `store` when given.
     #[allow(clippy::too_many_arguments)]
     pub fn spawn_with(
         bin: &Path,
@@ -106,10 +106,12 @@ impl Callgate {
         if features.resilience {
             // Every bench call carries the fixture's one CallSid: with dedup on, all but the
             // first would be replays; and the dead-gate run measures the gate's timeout path,
-            // which an open circuit would skip. Both off keeps runs comparable with earlier ones.
-            command.args(["--dedup-window", "0"]);
-            if !extra.contains(&"--breaker-failures") {
-                command.args(["--breaker-failures", "0"]);
+            // which an open circuit would skip. Both off keeps runs comparable with earlier ones,
+            // unless `extra` sets the flag itself (clap takes a flag once).
+            for flag in ["--dedup-window", "--breaker-failures"] {
+                if !extra.contains(&flag) {
+                    command.args([flag, "0"]);
+                }
             }
         }
         command.args(extra);

@@ -175,27 +175,13 @@ impl Remote {
             .arg(json)
             .arg(self.window.as_millis().max(1) as u64)
             .arg(&self.call_id);
-        let link = Arc::clone(&self.link);
-        tokio::spawn(async move {
-            let _: Option<i64> =
-                link.run(StoreOp::Write, OP_LIMIT, |mut conn| async move {
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await;
-        });
+        fire(&self.link, invocation);
     }
 
     pub fn release(&self) {
         let mut invocation = RELEASE_SCRIPT.key(&self.key);
         invocation.key(self.link.channel(Topic::Call)).arg(&self.token).arg(&self.call_id);
-        let link = Arc::clone(&self.link);
-        tokio::spawn(async move {
-            let _: Option<i64> =
-                link.run(StoreOp::Write, OP_LIMIT, |mut conn| async move {
-                    invocation.invoke_async(&mut conn).await
-                })
-                .await;
-        });
+        fire(&self.link, invocation);
     }
 }
 
@@ -361,6 +347,17 @@ impl Kept {
 /// The value of `all` spelled `name`.
 fn named<T: Copy>(all: &[T], spelling: fn(T) -> &'static str, name: &str) -> Option<T> {
     all.iter().copied().find(|t| spelling(*t) == name)
+}
+
+/// Runs `invocation` in the background within [`OP_LIMIT`]: the call that settles or releases a
+/// claim never waits for Redis (a failure is counted by the link).
+fn fire(link: &Arc<Link>, invocation: redis::ScriptInvocation<'static>) {
+    let link = Arc::clone(link);
+    tokio::spawn(async move {
+        let _: Option<i64> = link
+            .run(StoreOp::Write, OP_LIMIT, |mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await;
+    });
 }
 
 #[cfg(test)]

@@ -32,7 +32,8 @@
 //!   [`routes::writer`] is its one writer and [`routes::shared`] keeps it in Redis.
 //! - [`events`]: decision events: the outbox under `--state-dir` and signed, retried delivery.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
-//! - [`logging`]: the buffered log writer that keeps `write`s off the request path.
+//! - [`logging`]: the buffered log writer that keeps `write`s off the request path, and the
+//!   JSON line (`--log-format json`) written without a detour through serde.
 //! - [`metrics`]: every metric name, its help text and typed recorders.
 //! - [`error`]: request errors and the one match that turns them into responses.
 //! - [`wire`]: leaf types every layer shares (the response body, header names).

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
+mod json;
+pub use json::JsonLines;
+
 /// How long a line may wait in the buffer before it is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// A buffer this full is flushed at once, without waiting for the interval.

@@ -258,7 +258,7 @@ async fn api(app: &App, request: Request<Incoming>) -> Result<Answer, ApiError> 
             Method::GET => {
                 let sid = decoded(call_sid).unwrap_or_default();
                 match app.decisions.get(&sid) {
-                    Some(record) => Ok(serde_json::to_value(&*record).expect("a record serialises").into()),
+                    Some(record) => Ok(serde_json::to_value(&record).expect("a record serialises").into()),
                     None => Err(api_error(
                         StatusCode::NOT_FOUND,
                         "not_found",
@@ -326,7 +326,8 @@ async fn test_call(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Ans
         ));
     }
     let request: TestCall = from_value(&value)?;
-    let call = Call { call_id: test_call_sid(), from: request.from, to: request.to, test: true };
+    let call_id = test_call_sid();
+    let call = Call { call_id: &call_id, from: &request.from, to: &request.to, test: true };
     let deadline = Deadline::new(std::time::Instant::now(), app.settings.twilio_deadline);
     let verdict = decide(&app.stages(), &call, deadline).await;
     let record = Record::new(&call, &verdict, std::time::SystemTime::now());

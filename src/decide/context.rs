@@ -137,6 +137,12 @@ pub trait ContextStore: Send + Sync {
     /// Takes the context for (`agent_id`, `caller`) (it is consumed), waiting up to `wait` for
     /// a push when there is none yet.
     fn take<'a>(&'a self, agent_id: &'a str, caller: &'a str, wait: Duration) -> StoreFuture<'a, Lookup>;
+
+    /// `true` when no context is held for anyone, so that a call with no wait need not look
+    /// (most calls have none pushed). `false` when that is not known at once.
+    fn holds_none(&self) -> bool {
+        false
+    }
 }
 
 /// One pushed context: its fields as compact JSON (a third of the size of a parsed map),
@@ -371,6 +377,10 @@ impl ContextStore for MemoryContexts {
 
     fn take<'a>(&'a self, agent_id: &'a str, caller: &'a str, wait: Duration) -> StoreFuture<'a, Lookup> {
         Box::pin(self.take_or_wait(agent_id, caller, wait))
+    }
+
+    fn holds_none(&self) -> bool {
+        self.held.load(Ordering::Relaxed) == 0
     }
 }
 

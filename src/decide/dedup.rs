@@ -52,20 +52,20 @@ impl Dedup {
 
     /// What to do with `call`: decide it (and settle the claim), replay, or join. Calls without
     /// a CallSid and test calls are never deduplicated.
-    pub async fn claim(&self, call: &Call) -> Claim<'_> {
+    pub async fn claim(&self, call: &Call<'_>) -> Claim<'_> {
         if call.call_id.is_empty() || call.test {
             return Claim::Untracked;
         }
         match self {
             Dedup::Off => Claim::Untracked,
-            Dedup::Memory(memory) => memory.claim(&call.call_id),
+            Dedup::Memory(memory) => memory.claim(call.call_id),
             Dedup::Shared(memory, shared) => {
                 // A duplicate on this replica joins or replays here, without the store.
-                let mut lead = match memory.claim(&call.call_id) {
+                let mut lead = match memory.claim(call.call_id) {
                     Claim::Lead(lead) => lead,
                     here => return here,
                 };
-                match shared.claim(&call.call_id).await {
+                match shared.claim(call.call_id).await {
                     Found::Claimed(remote) => {
                         lead.remote = Some(remote);
                         Claim::Lead(lead)
@@ -292,8 +292,8 @@ mod tests {
     use crate::decide::Decision;
     use crate::routes::Source;
 
-    fn call(sid: &str) -> Call {
-        Call { call_id: sid.into(), from: "+15550001111".into(), to: "+15550002222".into(), test: false }
+    fn call(sid: &str) -> Call<'_> {
+        Call { call_id: sid, from: "+15550001111", to: "+15550002222", test: false }
     }
 
     fn verdict(decision: Decision) -> Verdict {

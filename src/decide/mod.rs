@@ -36,12 +36,13 @@ use crate::routes::store::RouteStore;
 use crate::routes::{Gate, Mode, OnFailure, Source};
 use context::{ContextStore, ContextUse, Fields, Lookup};
 
-/// An inbound ringing call, as the webhook parsed it. Missing `From` and `CallSid` are `""`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Call {
-    pub call_id: String,
-    pub from: String,
-    pub to: String,
+/// An inbound ringing call, as the webhook parsed it (borrowed from its body: nothing is
+/// copied until something outlives the call). Missing `From` and `CallSid` are `""`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Call<'a> {
+    pub call_id: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
     /// A test call (`POST /v1/test-call`): the gate is told, and nothing is kept.
     pub test: bool,
 }
@@ -89,8 +90,8 @@ pub struct Stages<'a> {
 }
 
 /// Decides `call`: every stage in order, each able to end the call's decision early.
-pub async fn decide(stages: &Stages<'_>, call: &Call, deadline: Deadline) -> Verdict {
-    let (gate, chain, source, number_agent_id, context_wait) = resolve(stages.routes, &call.to);
+pub async fn decide(stages: &Stages<'_>, call: &Call<'_>, deadline: Deadline) -> Verdict {
+    let (gate, chain, source, number_agent_id, context_wait) = resolve(stages.routes, call.to);
     let Some(gate) = gate else {
         // No gate to ask, but pushed context still reaches the engine.
         let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
@@ -137,7 +138,7 @@ fn again(first: &Verdict, how: DedupResult, waited: Duration) -> Verdict {
 /// The breaker, then the gate, then the decision table and the gate's mode.
 async fn ask(
     stages: &Stages<'_>,
-    call: &Call,
+    call: &Call<'_>,
     deadline: Deadline,
     gate: &Gate,
     source: Source,
@@ -156,9 +157,9 @@ async fn ask(
     let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
     let request = GateRequest {
         event: "call.inbound",
-        from: &call.from,
-        to: &call.to,
-        call_id: &call.call_id,
+        from: call.from,
+        to: call.to,
+        call_id: call.call_id,
         agent_id: number_agent_id.as_deref(),
         test: call.test,
         context: taken.fields.as_deref(),
@@ -177,7 +178,7 @@ async fn ask(
 
 /// What every asked gate's verdict ends with: the gate's name, its mode, the sealed header.
 fn finish(mut verdict: Verdict, gate: &Gate) -> Verdict {
-    verdict.gate_display = Some(gate.display().into());
+    verdict.gate_display = Some(Arc::clone(gate.display_shared()));
     if gate.mode() == Mode::Shadow {
         shadow(&mut verdict);
     }
@@ -191,7 +192,7 @@ fn finish(mut verdict: Verdict, gate: &Gate) -> Verdict {
 #[allow(clippy::too_many_arguments)]
 async fn run_chain(
     stages: &Stages<'_>,
-    call: &Call,
+    call: &Call<'_>,
     deadline: Deadline,
     gate: &Gate,
     chain: Option<Arc<[crate::routes::Check]>>,
@@ -202,9 +203,9 @@ async fn run_chain(
     let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
     let started = Instant::now();
     let facts = chain::Facts::Call {
-        from: &call.from,
-        to: &call.to,
-        call_id: &call.call_id,
+        from: call.from,
+        to: call.to,
+        call_id: call.call_id,
         agent_id: number_agent_id.as_deref(),
     };
     // A check set removed since the gate was read leaves no checks: the gate's own failure
@@ -259,16 +260,21 @@ impl Taken {
 /// can have none pushed, so it never waits.
 async fn take_context(
     stages: &Stages<'_>,
-    call: &Call,
+    call: &Call<'_>,
     agent_id: Option<&str>,
     wait_ms: u32,
     deadline: Deadline,
 ) -> Taken {
     let started = Instant::now();
     let lookup = match agent_id {
-        Some(agent_id) if !call.test && crate::routes::is_e164(&call.from) => {
+        Some(agent_id) if !call.test && crate::routes::is_e164(call.from) => {
             let (wait, _) = deadline.cap(Duration::from_millis(u64::from(wait_ms)));
-            stages.contexts.take(agent_id, &call.from, wait).await
+            if wait.is_zero() && stages.contexts.holds_none() {
+                // Nothing to take and no wait: no lookup.
+                Lookup::Absent
+            } else {
+                stages.contexts.take(agent_id, call.from, wait).await
+            }
         }
         _ => Lookup::Absent,
     };

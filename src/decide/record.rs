@@ -1,30 +1,35 @@
 //! The decision record (SPEC §10): what was decided about a call and why, kept for the last
 //! `--decision-log-size` calls and served at `GET /v1/calls/{call_sid}`. A call puts its record in
-//! the bounded map itself: a sharded map insert and a push onto the eviction order, under locks
-//! held for a few instructions, never across an await, and shared with nothing else on the call's
-//! path. (Handing records to a keeper task instead woke another thread for every call, which cost
-//! a quarter of the throughput at 32 connections.) Records hold no caller context, variables or
+//! the log itself, under one lock held for a few hundred instructions, never across an await,
+//! and shared with nothing else on the call's path. The log is a ring of records in decision
+//! order with a hash index into it: keeping a record allocates nothing of its own in the steady
+//! state (the record takes over the call's strings), and evicting one frees only those. (Handing
+//! records to a keeper task instead woke another thread for every call, which cost a quarter of
+//! the throughput at 32 connections; a concurrent map with its own eviction queue cost three
+//! shared cache lines and two allocations a call.) Records hold no caller context, variables or
 //! metadata.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use dashmap::DashMap;
+use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use super::{Call, Verdict};
 
-/// One decided call, as `GET /v1/calls/{call_sid}` answers it.
+/// One decided call, as `GET /v1/calls/{call_sid}` answers it. Made on every call's path and
+/// kept for `--decision-log-size` calls after it: its ids are one allocation, it shares the
+/// number's agent id, and its timestamp is formatted only when it is read.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Record {
-    pub call_id: String,
-    pub to: String,
-    pub from: String,
+    /// `call_id`, `to` and `from`.
+    #[serde(flatten)]
+    pub ids: CallIds,
     /// The agent that handles the call: the gate's override, else the number's.
-    pub agent_id: Option<String>,
+    pub agent_id: Option<Arc<str>>,
     /// The gate's override only.
     pub override_agent_id: Option<String>,
     pub source: &'static str,
@@ -38,18 +43,22 @@ pub struct Record {
     pub context: Option<&'static str>,
     /// replayed or joined (CallSid dedup).
     pub dedup: Option<&'static str>,
-    /// RFC 3339, UTC.
-    pub at: String,
+    /// RFC 3339, UTC, to the millisecond.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub at: SystemTime,
 }
 
 impl Record {
-    pub fn new(call: &Call, verdict: &Verdict, at: SystemTime) -> Record {
+    pub fn new(call: &Call<'_>, verdict: &Verdict, at: SystemTime) -> Record {
+        let override_agent_id = verdict.override_agent_id();
+        let agent_id = match verdict.agent_id() {
+            Some(id) if Some(id) == verdict.number_agent_id.as_deref() => verdict.number_agent_id.clone(),
+            other => other.map(Into::into),
+        };
         Record {
-            call_id: call.call_id.clone(),
-            to: call.to.clone(),
-            from: call.from.clone(),
-            agent_id: verdict.agent_id().map(Into::into),
-            override_agent_id: verdict.override_agent_id().map(Into::into),
+            ids: CallIds::new(call.call_id, call.to, call.from),
+            agent_id,
+            override_agent_id: override_agent_id.map(Into::into),
             source: verdict.source.as_str(),
             decision: verdict.decision.as_str(),
             cause: verdict.cause.map(|c| c.as_str()),
@@ -58,59 +67,163 @@ impl Record {
             checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
             context: verdict.context.map(|c| c.as_str()),
             dedup: verdict.dedup.map(|d| d.as_str()),
-            at: humantime::format_rfc3339_millis(at).to_string(),
+            at,
         }
     }
 }
 
-type Kept = DashMap<Arc<str>, (u64, Arc<Record>), FxBuildHasher>;
+/// A call's `call_id`, `to` and `from`, end to end in one block.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallIds {
+    text: Box<str>,
+    /// Where `to` and `from` start in `text`.
+    to_at: u32,
+    from_at: u32,
+}
+
+impl CallIds {
+    pub fn new(call_id: &str, to: &str, from: &str) -> CallIds {
+        let mut text = String::with_capacity(call_id.len() + to.len() + from.len());
+        text.push_str(call_id);
+        text.push_str(to);
+        text.push_str(from);
+        // A webhook body is at most 64 KiB, so every offset fits.
+        let offset = |n: usize| u32::try_from(n).expect("ids come from a bounded webhook body");
+        CallIds { to_at: offset(call_id.len()), from_at: offset(call_id.len() + to.len()), text: text.into() }
+    }
+
+    pub fn call_id(&self) -> &str {
+        &self.text[..self.to_at as usize]
+    }
+
+    pub fn to(&self) -> &str {
+        &self.text[self.to_at as usize..self.from_at as usize]
+    }
+
+    pub fn from(&self) -> &str {
+        &self.text[self.from_at as usize..]
+    }
+}
+
+impl std::fmt::Debug for CallIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallIds")
+            .field("call_id", &self.call_id())
+            .field("to", &self.to())
+            .field("from", &self.from())
+            .finish()
+    }
+}
+
+impl Serialize for CallIds {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("call_id", self.call_id())?;
+        map.serialize_entry("to", self.to())?;
+        map.serialize_entry("from", self.from())?;
+        map.end()
+    }
+}
+
+fn rfc3339_millis<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*at))
+}
 
 /// The last `capacity` records by CallSid. Cheap to clone.
 #[derive(Clone)]
-pub struct DecisionLog(Arc<Log>);
+pub struct DecisionLog(Arc<Mutex<Ring>>);
 
-struct Log {
-    kept: Kept,
-    /// Insertion order, for eviction; each entry's sequence tells whether the map's record for
-    /// that CallSid is still this one (a later call may have replaced it).
-    order: Mutex<VecDeque<(Arc<str>, u64)>>,
-    seq: AtomicU64,
+/// The records in decision order and an index of them by CallSid.
+struct Ring {
+    /// Oldest first, each with its CallSid's hash; the record at position `i` has sequence
+    /// number `first + i`. (With the hash beside it, evicting a record reads nothing of it.)
+    records: VecDeque<(u64, Record)>,
+    first: u64,
+    /// The sequence number of each kept CallSid's newest record. A CallSid decided again points
+    /// at its newer record; its older one stays in the ring, unindexed, until it is evicted.
+    index: HashTable<u64>,
     capacity: usize,
+}
+
+fn hash(call_id: &str) -> u64 {
+    FxBuildHasher.hash_one(call_id)
+}
+
+impl Ring {
+    fn at(&self, seq: u64) -> &(u64, Record) {
+        &self.records[(seq - self.first) as usize]
+    }
+
+    /// The index entry of `call_id`'s newest record.
+    fn find(&self, call_id: &str) -> Option<u64> {
+        self.index.find(hash(call_id), |&seq| self.at(seq).1.ids.call_id() == call_id).copied()
+    }
+
+    /// Adds `record` as the newest; returns the oldest when the ring was full.
+    fn push(&mut self, record: Record) -> Option<Record> {
+        let seq = self.first + self.records.len() as u64;
+        let h = hash(record.ids.call_id());
+        self.records.push_back((h, record));
+        let Ring { records, first, index, .. } = self;
+        let at = |s: u64| &records[(s - *first) as usize];
+        let call_id = at(seq).1.ids.call_id();
+        match index.find_mut(h, |&s| at(s).1.ids.call_id() == call_id) {
+            Some(newest) => *newest = seq,
+            None => {
+                index.insert_unique(h, seq, |&s| at(s).0);
+            }
+        }
+        if self.records.len() <= self.capacity {
+            return None;
+        }
+        let (oldest_hash, oldest) = self.records.pop_front().expect("over capacity, so not empty");
+        let oldest_seq = self.first;
+        self.first += 1;
+        // Unindexed unless it is still its CallSid's newest record.
+        if let Ok(entry) = self.index.find_entry(oldest_hash, |&s| s == oldest_seq) {
+            entry.remove();
+        }
+        Some(oldest)
+    }
 }
 
 impl DecisionLog {
     pub fn new(capacity: usize) -> DecisionLog {
-        DecisionLog(Arc::new(Log {
-            kept: Kept::default(),
-            order: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))),
-            seq: AtomicU64::new(0),
+        let reserve = capacity.min(1 << 16);
+        DecisionLog(Arc::new(Mutex::new(Ring {
+            records: VecDeque::with_capacity(reserve),
+            first: 0,
+            index: HashTable::with_capacity(reserve),
             capacity,
-        }))
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Keeps `record`, evicting the oldest past the capacity. A call without a CallSid cannot
     /// be looked up, so it is not kept.
     pub fn keep(&self, record: Record) {
-        let log = &*self.0;
-        if record.call_id.is_empty() || log.capacity == 0 {
+        if record.ids.call_id().is_empty() {
             return;
         }
-        let seq = log.seq.fetch_add(1, Ordering::Relaxed);
-        let sid: Arc<str> = record.call_id.as_str().into();
-        log.kept.insert(Arc::clone(&sid), (seq, Arc::new(record)));
         let evicted = {
-            let mut order = log.order.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            order.push_back((sid, seq));
-            (order.len() > log.capacity).then(|| order.pop_front()).flatten()
+            let mut ring = self.lock();
+            if ring.capacity == 0 {
+                return;
+            }
+            ring.push(record)
         };
-        if let Some((old, old_seq)) = evicted {
-            log.kept.remove_if(&old, |_, (s, _)| *s == old_seq);
-        }
+        // Freed after the lock is released.
+        drop(evicted);
     }
 
     /// The record of a recent call.
-    pub fn get(&self, call_id: &str) -> Option<Arc<Record>> {
-        self.0.kept.get(call_id).map(|entry| Arc::clone(&entry.1))
+    pub fn get(&self, call_id: &str) -> Option<Record> {
+        let ring = self.lock();
+        ring.find(call_id).map(|seq| ring.at(seq).1.clone())
     }
 }
 
@@ -120,11 +233,11 @@ mod tests {
     use crate::decide::Verdict;
     use crate::routes::Source;
 
-    fn call(sid: &str) -> Call {
-        Call { call_id: sid.into(), from: "+15550001111".into(), to: "+15550002222".into(), test: false }
+    fn call(sid: &str) -> Call<'_> {
+        Call { call_id: sid, from: "+15550001111", to: "+15550002222", test: false }
     }
 
-    fn kept(log: &DecisionLog, sid: &str) -> Arc<Record> {
+    fn kept(log: &DecisionLog, sid: &str) -> Record {
         log.get(sid).unwrap_or_else(|| panic!("{sid} was not kept"))
     }
 
@@ -137,7 +250,8 @@ mod tests {
         }
         let newest = kept(&log, "CA3");
         assert_eq!(newest.decision, "no_gate");
-        assert_eq!(newest.at, "1970-01-01T00:00:00.000Z");
+        let json = serde_json::to_value(&newest).unwrap();
+        assert_eq!(json["at"], "1970-01-01T00:00:00.000Z");
         assert!(log.get("CA2").is_some());
         assert!(log.get("CA1").is_none(), "the oldest is evicted");
         // A CallSid decided again is one entry, the newer; its older place in the order does
@@ -147,5 +261,25 @@ mod tests {
         kept(&log, "CA4");
         assert_eq!(log.get("CA2").unwrap().decision, "accept");
         assert!(log.get("CA3").is_none());
+    }
+
+    #[test]
+    fn the_index_follows_the_ring_through_many_evictions() {
+        let log = DecisionLog::new(7);
+        let verdict = Verdict::without_gate(Source::None, None);
+        let mut order = Vec::new();
+        for i in 0..1000u32 {
+            // Eleven CallSids in an order that repeats some before they are evicted.
+            let sid = format!("CA{}", (i * 7 + i / 3) % 11);
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(i));
+            log.keep(Record::new(&call(&sid), &verdict, at));
+            order.push((sid, at));
+        }
+        let last7 = &order[order.len() - 7..];
+        for n in 0..11 {
+            let sid = format!("CA{n}");
+            let newest = last7.iter().rev().find(|(s, _)| *s == sid);
+            assert_eq!(log.get(&sid).map(|r| r.at), newest.map(|(_, at)| *at), "{sid}");
+        }
     }
 }

@@ -241,7 +241,7 @@ pub struct Verdict {
     /// The gate exchange, when a gate was asked.
     pub gate: Option<GateRun>,
     /// `scheme://host[:port]/path` of the gate asked: safe for logs.
-    pub gate_display: Option<Box<str>>,
+    pub gate_display: Option<Arc<str>>,
     /// `X-Callgate-Context` for the engine, when the call has something to carry and it fits.
     pub context_header: Option<HeaderValue>,
     /// `X-Callgate-Context` was left out for its size.

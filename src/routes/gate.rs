@@ -96,7 +96,7 @@ pub struct Gate {
     // Visible to the rest of `routes`, whose file parser builds gates field by field.
     pub(super) url: Box<str>,
     pub(super) uri: http::Uri,
-    pub(super) display: Box<str>,
+    pub(super) display: Arc<str>,
     pub(super) timeout_ms: Option<u32>,
     pub(super) on_failure: OnFailure,
     pub(super) mode: Mode,
@@ -120,7 +120,7 @@ impl Gate {
     pub fn chained(chain: Chain, timeout_ms: Option<u32>, on_failure: OnFailure, mode: Mode) -> Gate {
         let display = match &chain {
             Chain::Checks(_) => "checks".into(),
-            Chain::Set(name) => format!("check_set {name}").into_boxed_str(),
+            Chain::Set(name) => format!("check_set {name}").into(),
         };
         Gate {
             url: "".into(),
@@ -176,6 +176,11 @@ impl Gate {
 
     /// `scheme://host[:port]/path`: no userinfo, query or fragment. Safe for logs and errors.
     pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// [`Gate::display`], shared (each call's verdict names its gate without a copy).
+    pub fn display_shared(&self) -> &Arc<str> {
         &self.display
     }
 
@@ -290,7 +295,7 @@ impl GateError {
 pub(super) fn check_url(
     raw: &str,
     opts: &ValidateOptions,
-) -> Result<(http::Uri, Box<str>, Arc<str>), GateError> {
+) -> Result<(http::Uri, Arc<str>, Arc<str>), GateError> {
     // The url crate would quietly trim or drop these; a URL holding them is a typo.
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(GateError::UrlWhitespace);
@@ -332,7 +337,7 @@ pub(super) fn check_url(
     let uri = http::Uri::try_from(&url[..url::Position::AfterQuery]).map_err(GateError::InvalidUri)?;
     let port = url.port_or_known_default().unwrap_or_default();
     let origin: Arc<str> = format!("{}://{host}:{port}", url.scheme()).into();
-    Ok((uri, display.into_boxed_str(), origin))
+    Ok((uri, display.into(), origin))
 }
 
 pub(super) fn check_timeout(ms: u64) -> Result<u32, GateError> {

@@ -61,12 +61,8 @@ pub async fn handle(
         return app.forward(buffered(parts, &body), peer, stamp, app.settings.upstream_timeout).await;
     }
     let Some(to) = params.to else { return Served::refused(RequestError::MissingTo) };
-    let call = Call {
-        call_id: params.call_sid.unwrap_or("").into(),
-        from: params.from.unwrap_or("").into(),
-        to: to.into(),
-        test: false,
-    };
+    let call =
+        Call { call_id: params.call_sid.unwrap_or(""), from: params.from.unwrap_or(""), to, test: false };
     let deadline = Deadline::new(arrived, app.settings.twilio_deadline);
     let verdict = decide(&app.stages(), &call, deadline).await;
     record(app, &call, &verdict);
@@ -91,7 +87,7 @@ pub async fn handle(
 /// Everything a decided call leaves behind, from its verdict, in one place: the metrics, the
 /// decision line (SPEC §9) and the decision record (SPEC §10). A duplicate CallSid's copy of
 /// the first decision counts only as a dedup and keeps the first record.
-fn record(app: &App, call: &Call, verdict: &Verdict) {
+fn record(app: &App, call: &Call<'_>, verdict: &Verdict) {
     match verdict.dedup {
         Some(how) => app.metrics.record_dedup(how),
         None => app.metrics.record_verdict(verdict),
@@ -133,17 +129,17 @@ fn record(app: &App, call: &Call, verdict: &Verdict) {
 }
 
 /// Hands a reject, fail_closed or fail_open to the decision events (SPEC §14); never waits.
-fn emit_event(app: &App, call: &Call, verdict: &Verdict) {
+fn emit_event(app: &App, call: &Call<'_>, verdict: &Verdict) {
     let Some(events) = &app.events else { return };
     match verdict.decision {
         Decision::Reject | Decision::FailClosed | Decision::FailOpen => {}
         Decision::Accept | Decision::NoGate | Decision::ShadowReject => return,
     }
     events.emit(DecisionEvent {
-        call_id: call.call_id.clone(),
+        call_id: call.call_id.to_owned(),
         agent_id: verdict.agent_id().map(str::to_owned),
-        from_number: (!call.from.is_empty()).then(|| call.from.clone()),
-        to_number: call.to.clone(),
+        from_number: (!call.from.is_empty()).then(|| call.from.to_owned()),
+        to_number: call.to.to_owned(),
         decision: verdict.decision.as_str(),
         cause: verdict.cause.map(|c| c.as_str()),
         reason: verdict.reason.clone(),

@@ -18,78 +18,113 @@ use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
-use super::{Call, Verdict};
+use super::context::ContextUse;
+use super::{Call, Cause, Decision, DedupResult, Verdict};
+use crate::routes::Source;
 
 /// One decided call, as `GET /v1/calls/{call_sid}` answers it. Made on every call's path and
-/// kept for `--decision-log-size` calls after it: its ids are one allocation, it shares the
-/// number's agent id, and its timestamp is formatted only when it is read.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// kept for `--decision-log-size` calls after it, so it is small (88 bytes in the ring): its
+/// ids and agent id are one allocation, its labels are the verdict's own one-byte types, what
+/// most calls lack is boxed, and its timestamp is formatted only when it is read.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Record {
-    /// `call_id`, `to` and `from`.
-    #[serde(flatten)]
+    /// `call_id`, `to`, `from` and the agent that handles the call.
     pub ids: CallIds,
-    /// The agent that handles the call: the gate's override, else the number's.
-    pub agent_id: Option<Arc<str>>,
+    pub source: Source,
+    pub decision: Decision,
+    pub cause: Option<Cause>,
+    /// hit, waited or miss (pushed caller context).
+    pub context: Option<ContextUse>,
+    /// replayed or joined (CallSid dedup).
+    pub dedup: Option<DedupResult>,
+    pub gate_ms: Option<f64>,
+    pub at: SystemTime,
+    /// A gate's override, a reject's reason, a chain's results: `None` when the call has none.
+    pub rare: Option<Box<Rare>>,
+}
+
+/// The parts of a record most calls do not have.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rare {
     /// The gate's override only.
     pub override_agent_id: Option<String>,
-    pub source: &'static str,
-    pub decision: &'static str,
-    pub cause: Option<&'static str>,
     pub reason: Option<String>,
-    pub gate_ms: Option<f64>,
-    /// Each check's name, status and reason (check chains; empty for a webhook gate).
+    /// Each check's name, status and reason (check chains).
     pub checks: Option<serde_json::Value>,
-    /// hit, waited or miss (pushed caller context).
-    pub context: Option<&'static str>,
-    /// replayed or joined (CallSid dedup).
-    pub dedup: Option<&'static str>,
-    /// RFC 3339, UTC, to the millisecond.
-    #[serde(serialize_with = "rfc3339_millis")]
-    pub at: SystemTime,
 }
 
 impl Record {
     pub fn new(call: &Call<'_>, verdict: &Verdict, at: SystemTime) -> Record {
-        let override_agent_id = verdict.override_agent_id();
-        let agent_id = match verdict.agent_id() {
-            Some(id) if Some(id) == verdict.number_agent_id.as_deref() => verdict.number_agent_id.clone(),
-            other => other.map(Into::into),
+        let rare = Rare {
+            override_agent_id: verdict.override_agent_id().map(Into::into),
+            reason: verdict.reason.clone(),
+            checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
         };
         Record {
-            ids: CallIds::new(call.call_id, call.to, call.from),
-            agent_id,
-            override_agent_id: override_agent_id.map(Into::into),
-            source: verdict.source.as_str(),
-            decision: verdict.decision.as_str(),
-            cause: verdict.cause.map(|c| c.as_str()),
-            reason: verdict.reason.clone(),
+            ids: CallIds::new(call.call_id, call.to, call.from, verdict.agent_id()),
+            source: verdict.source,
+            decision: verdict.decision,
+            cause: verdict.cause,
+            context: verdict.context,
+            dedup: verdict.dedup,
             gate_ms: verdict.gate_ms(),
-            checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
-            context: verdict.context.map(|c| c.as_str()),
-            dedup: verdict.dedup.map(|d| d.as_str()),
             at,
+            rare: (rare != Rare::default()).then(|| Box::new(rare)),
         }
     }
 }
 
-/// A call's `call_id`, `to` and `from`, end to end in one block.
+/// Every field of SPEC §10, in order; a field without a value is `null`.
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let rare = self.rare.as_deref();
+        let mut out = serializer.serialize_struct("Record", 14)?;
+        out.serialize_field("call_id", self.ids.call_id())?;
+        out.serialize_field("to", self.ids.to())?;
+        out.serialize_field("from", self.ids.from())?;
+        out.serialize_field("agent_id", &self.ids.agent_id())?;
+        out.serialize_field("override_agent_id", &rare.and_then(|r| r.override_agent_id.as_deref()))?;
+        out.serialize_field("source", self.source.as_str())?;
+        out.serialize_field("decision", self.decision.as_str())?;
+        out.serialize_field("cause", &self.cause.map(Cause::as_str))?;
+        out.serialize_field("reason", &rare.and_then(|r| r.reason.as_deref()))?;
+        out.serialize_field("gate_ms", &self.gate_ms)?;
+        out.serialize_field("checks", &rare.and_then(|r| r.checks.as_ref()))?;
+        out.serialize_field("context", &self.context.map(ContextUse::as_str))?;
+        out.serialize_field("dedup", &self.dedup.map(DedupResult::as_str))?;
+        out.serialize_field("at", &format_args!("{}", humantime::format_rfc3339_millis(self.at)))?;
+        out.end()
+    }
+}
+
+/// A call's `call_id`, `to`, `from` and agent id, end to end in one block.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CallIds {
     text: Box<str>,
-    /// Where `to` and `from` start in `text`.
+    /// Where `to`, `from` and the agent id start in `text`.
     to_at: u32,
     from_at: u32,
+    agent_at: u32,
+    has_agent: bool,
 }
 
 impl CallIds {
-    pub fn new(call_id: &str, to: &str, from: &str) -> CallIds {
-        let mut text = String::with_capacity(call_id.len() + to.len() + from.len());
-        text.push_str(call_id);
-        text.push_str(to);
-        text.push_str(from);
-        // A webhook body is at most 64 KiB, so every offset fits.
+    pub fn new(call_id: &str, to: &str, from: &str, agent_id: Option<&str>) -> CallIds {
+        let agent = agent_id.unwrap_or("");
+        let mut text = String::with_capacity(call_id.len() + to.len() + from.len() + agent.len());
+        for part in [call_id, to, from, agent] {
+            text.push_str(part);
+        }
+        // A webhook body is at most 64 KiB and an agent id 128 bytes, so every offset fits.
         let offset = |n: usize| u32::try_from(n).expect("ids come from a bounded webhook body");
-        CallIds { to_at: offset(call_id.len()), from_at: offset(call_id.len() + to.len()), text: text.into() }
+        CallIds {
+            to_at: offset(call_id.len()),
+            from_at: offset(call_id.len() + to.len()),
+            agent_at: offset(call_id.len() + to.len() + from.len()),
+            has_agent: agent_id.is_some(),
+            text: text.into(),
+        }
     }
 
     pub fn call_id(&self) -> &str {
@@ -101,7 +136,12 @@ impl CallIds {
     }
 
     pub fn from(&self) -> &str {
-        &self.text[self.from_at as usize..]
+        &self.text[self.from_at as usize..self.agent_at as usize]
+    }
+
+    /// The agent that handles the call: the gate's override, else the number's.
+    pub fn agent_id(&self) -> Option<&str> {
+        self.has_agent.then(|| &self.text[self.agent_at as usize..])
     }
 }
 
@@ -111,23 +151,9 @@ impl std::fmt::Debug for CallIds {
             .field("call_id", &self.call_id())
             .field("to", &self.to())
             .field("from", &self.from())
+            .field("agent_id", &self.agent_id())
             .finish()
     }
-}
-
-impl Serialize for CallIds {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(Some(3))?;
-        map.serialize_entry("call_id", self.call_id())?;
-        map.serialize_entry("to", self.to())?;
-        map.serialize_entry("from", self.from())?;
-        map.end()
-    }
-}
-
-fn rfc3339_millis<S: serde::Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*at))
 }
 
 /// The last `capacity` records by CallSid. Cheap to clone.
@@ -249,17 +275,20 @@ mod tests {
             log.keep(Record::new(&call(sid), &verdict, SystemTime::UNIX_EPOCH));
         }
         let newest = kept(&log, "CA3");
-        assert_eq!(newest.decision, "no_gate");
+        assert_eq!(newest.decision, Decision::NoGate);
         let json = serde_json::to_value(&newest).unwrap();
         assert_eq!(json["at"], "1970-01-01T00:00:00.000Z");
         assert!(log.get("CA2").is_some());
         assert!(log.get("CA1").is_none(), "the oldest is evicted");
         // A CallSid decided again is one entry, the newer; its older place in the order does
         // not evict it.
-        log.keep(Record { decision: "accept", ..Record::new(&call("CA2"), &verdict, SystemTime::now()) });
+        log.keep(Record {
+            decision: Decision::Accept,
+            ..Record::new(&call("CA2"), &verdict, SystemTime::now())
+        });
         log.keep(Record::new(&call("CA4"), &verdict, SystemTime::now()));
         kept(&log, "CA4");
-        assert_eq!(log.get("CA2").unwrap().decision, "accept");
+        assert_eq!(log.get("CA2").unwrap().decision, Decision::Accept);
         assert!(log.get("CA3").is_none());
     }
 
@@ -281,5 +310,11 @@ mod tests {
             let newest = last7.iter().rev().find(|(s, _)| *s == sid);
             assert_eq!(log.get(&sid).map(|r| r.at), newest.map(|(_, at)| *at), "{sid}");
         }
+    }
+
+    #[test]
+    fn a_slot_in_the_ring_stays_small() {
+        // Every call writes one, cold, and it stays for --decision-log-size calls.
+        assert!(std::mem::size_of::<(u64, Record)>() <= 88, "{}", std::mem::size_of::<(u64, Record)>());
     }
 }

@@ -23,12 +23,13 @@ use super::{Call, Cause, Decision, DedupResult, Verdict};
 use crate::routes::Source;
 
 /// One decided call, as `GET /v1/calls/{call_sid}` answers it. Made on every call's path and
-/// kept for `--decision-log-size` calls after it, so it is small (88 bytes in the ring): its
-/// ids and agent id are one allocation, its labels are the verdict's own one-byte types, what
-/// most calls lack is boxed, and its timestamp is formatted only when it is read.
+/// kept for `--decision-log-size` calls after it, so it is small (88 bytes in the ring) and
+/// holds one allocation at most calls: its ids, agent id and reason are one block, its labels
+/// are the verdict's own one-byte types, what few calls have is boxed, and its timestamp is
+/// formatted only when it is read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
-    /// `call_id`, `to`, `from` and the agent that handles the call.
+    /// `call_id`, `to`, `from`, the agent that handles the call and the gate's reason.
     pub ids: CallIds,
     pub source: Source,
     pub decision: Decision,
@@ -39,16 +40,15 @@ pub struct Record {
     pub dedup: Option<DedupResult>,
     pub gate_ms: Option<f64>,
     pub at: SystemTime,
-    /// A gate's override, a reject's reason, a chain's results: `None` when the call has none.
+    /// A gate's override or a chain's results: `None` when the call has neither.
     pub rare: Option<Box<Rare>>,
 }
 
-/// The parts of a record most calls do not have.
+/// The parts of a record few calls have.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rare {
     /// The gate's override only.
     pub override_agent_id: Option<String>,
-    pub reason: Option<String>,
     /// Each check's name, status and reason (check chains).
     pub checks: Option<serde_json::Value>,
 }
@@ -57,11 +57,16 @@ impl Record {
     pub fn new(call: &Call<'_>, verdict: &Verdict, at: SystemTime) -> Record {
         let rare = Rare {
             override_agent_id: verdict.override_agent_id().map(Into::into),
-            reason: verdict.reason.clone(),
             checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
         };
         Record {
-            ids: CallIds::new(call.call_id, call.to, call.from, verdict.agent_id()),
+            ids: CallIds::new(
+                call.call_id,
+                call.to,
+                call.from,
+                verdict.agent_id(),
+                verdict.reason.as_deref(),
+            ),
             source: verdict.source,
             decision: verdict.decision,
             cause: verdict.cause,
@@ -88,7 +93,7 @@ impl Serialize for Record {
         out.serialize_field("source", self.source.as_str())?;
         out.serialize_field("decision", self.decision.as_str())?;
         out.serialize_field("cause", &self.cause.map(Cause::as_str))?;
-        out.serialize_field("reason", &rare.and_then(|r| r.reason.as_deref()))?;
+        out.serialize_field("reason", &self.ids.reason())?;
         out.serialize_field("gate_ms", &self.gate_ms)?;
         out.serialize_field("checks", &rare.and_then(|r| r.checks.as_ref()))?;
         out.serialize_field("context", &self.context.map(ContextUse::as_str))?;
@@ -98,50 +103,69 @@ impl Serialize for Record {
     }
 }
 
-/// A call's `call_id`, `to`, `from` and agent id, end to end in one block.
+/// A call's `call_id`, `to`, `from`, agent id and the gate's reason, end to end in one block.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CallIds {
     text: Box<str>,
-    /// Where `to`, `from` and the agent id start in `text`.
-    to_at: u32,
-    from_at: u32,
-    agent_at: u32,
-    has_agent: bool,
+    /// Where each part after `call_id` starts in `text`: `to`, `from`, the agent id, the reason;
+    /// [`ABSENT`] set on an agent id or reason the call does not have.
+    starts: [u32; 4],
 }
 
+const ABSENT: u32 = 1 << 31;
+
 impl CallIds {
-    pub fn new(call_id: &str, to: &str, from: &str, agent_id: Option<&str>) -> CallIds {
-        let agent = agent_id.unwrap_or("");
-        let mut text = String::with_capacity(call_id.len() + to.len() + from.len() + agent.len());
-        for part in [call_id, to, from, agent] {
+    pub fn new(call_id: &str, to: &str, from: &str, agent_id: Option<&str>, reason: Option<&str>) -> CallIds {
+        let parts = [call_id, to, from, agent_id.unwrap_or(""), reason.unwrap_or("")];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut starts = [0u32; 4];
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                // A webhook body and a gate's answer are at most 64 KiB each: every offset fits
+                // below ABSENT.
+                starts[i - 1] = u32::try_from(text.len()).expect("ids come from bounded bodies");
+            }
             text.push_str(part);
         }
-        // A webhook body is at most 64 KiB and an agent id 128 bytes, so every offset fits.
-        let offset = |n: usize| u32::try_from(n).expect("ids come from a bounded webhook body");
-        CallIds {
-            to_at: offset(call_id.len()),
-            from_at: offset(call_id.len() + to.len()),
-            agent_at: offset(call_id.len() + to.len() + from.len()),
-            has_agent: agent_id.is_some(),
-            text: text.into(),
+        if agent_id.is_none() {
+            starts[2] |= ABSENT;
         }
+        if reason.is_none() {
+            starts[3] |= ABSENT;
+        }
+        CallIds { text: text.into(), starts }
+    }
+
+    /// Part `i` (0 is `call_id`), or `None` for an absent one.
+    fn part(&self, i: usize) -> Option<&str> {
+        let start = if i == 0 { 0 } else { self.starts[i - 1] };
+        if start & ABSENT != 0 {
+            return None;
+        }
+        let end = self.starts.get(i).map_or(self.text.len(), |&e| (e & !ABSENT) as usize);
+        Some(&self.text[start as usize..end])
     }
 
     pub fn call_id(&self) -> &str {
-        &self.text[..self.to_at as usize]
+        self.part(0).unwrap_or_default()
     }
 
     pub fn to(&self) -> &str {
-        &self.text[self.to_at as usize..self.from_at as usize]
+        self.part(1).unwrap_or_default()
     }
 
     pub fn from(&self) -> &str {
-        &self.text[self.from_at as usize..self.agent_at as usize]
+        self.part(2).unwrap_or_default()
     }
 
     /// The agent that handles the call: the gate's override, else the number's.
     pub fn agent_id(&self) -> Option<&str> {
-        self.has_agent.then(|| &self.text[self.agent_at as usize..])
+        self.part(3)
+    }
+
+    /// The gate's reason for a reject.
+    pub fn reason(&self) -> Option<&str> {
+        self.part(4)
     }
 }
 
@@ -152,6 +176,7 @@ impl std::fmt::Debug for CallIds {
             .field("to", &self.to())
             .field("from", &self.from())
             .field("agent_id", &self.agent_id())
+            .field("reason", &self.reason())
             .finish()
     }
 }
@@ -316,5 +341,15 @@ mod tests {
     fn a_slot_in_the_ring_stays_small() {
         // Every call writes one, cold, and it stays for --decision-log-size calls.
         assert!(std::mem::size_of::<(u64, Record)>() <= 88, "{}", std::mem::size_of::<(u64, Record)>());
+    }
+
+    #[test]
+    fn ids_keep_each_part_and_tell_absent_from_empty() {
+        let ids = CallIds::new("CA1", "+15550002222", "", Some(""), None);
+        assert_eq!((ids.call_id(), ids.to(), ids.from()), ("CA1", "+15550002222", ""));
+        assert_eq!((ids.agent_id(), ids.reason()), (Some(""), None));
+        let ids = CallIds::new("", "+1", "anonymous", None, Some("no credit"));
+        assert_eq!((ids.call_id(), ids.to(), ids.from()), ("", "+1", "anonymous"));
+        assert_eq!((ids.agent_id(), ids.reason()), (None, Some("no credit")));
     }
 }

@@ -381,12 +381,19 @@ async fn a_replica_started_after_a_push_finds_it_and_calls_with_no_context_skip_
         }
     })
     .await;
-    // And a push through A is still found by B at once.
+    // And a push through A is still found by B, as soon as its announcement reaches B (a call
+    // in between goes without it, as README says: this agent has no context_wait_ms).
     assert_eq!(push_context(&a, "agent_now", json!({"plan": "max"})).await, StatusCode::ACCEPTED);
-    let sid = "CA0000000000000000000000000000ee02";
-    assert_eq!(
-        post_form(&b.url("/twilio/voice"), &ringing_sid(CONTEXT_NUMBER, sid)).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(gate_saw(&gate, sid)["context"], json!({"plan": "max"}));
+    let mut n = 0;
+    eventually(Duration::from_secs(5), || {
+        n += 1;
+        let (b, gate) = (&b, &gate);
+        let sid = format!("CA{:032}", 1000 + n);
+        async move {
+            let status = post_form(&b.url("/twilio/voice"), &ringing_sid(CONTEXT_NUMBER, &sid)).await.status;
+            assert_eq!(status, StatusCode::OK);
+            gate_saw(gate, &sid)["context"] == json!({"plan": "max"})
+        }
+    })
+    .await;
 }

@@ -311,7 +311,7 @@ impl MemoryContexts {
     }
 
     async fn take_or_wait(&self, agent_id: &str, caller: &str, wait: Duration) -> Lookup {
-        if wait.is_zero() && self.held.load(Ordering::Relaxed) == 0 {
+        if wait.is_zero() && self.holds_none() {
             return Lookup::Absent;
         }
         let key = key(agent_id, caller);

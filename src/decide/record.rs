@@ -45,7 +45,7 @@ pub struct Record {
 }
 
 /// The parts of a record few calls have.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rare {
     /// The gate's override only.
     pub override_agent_id: Option<String>,
@@ -55,10 +55,13 @@ pub struct Rare {
 
 impl Record {
     pub fn new(call: &Call<'_>, verdict: &Verdict, at: SystemTime) -> Record {
-        let rare = Rare {
-            override_agent_id: verdict.override_agent_id().map(Into::into),
-            checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
-        };
+        let override_agent_id = verdict.override_agent_id();
+        let rare = (override_agent_id.is_some() || !verdict.checks.is_empty()).then(|| {
+            Box::new(Rare {
+                override_agent_id: override_agent_id.map(Into::into),
+                checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
+            })
+        });
         Record {
             ids: CallIds::new(
                 call.call_id,
@@ -74,7 +77,7 @@ impl Record {
             dedup: verdict.dedup,
             gate_ms: verdict.gate_ms(),
             at,
-            rare: (rare != Rare::default()).then(|| Box::new(rare)),
+            rare,
         }
     }
 }
@@ -183,7 +186,13 @@ impl std::fmt::Debug for CallIds {
 
 /// The last `capacity` records by CallSid. Cheap to clone.
 #[derive(Clone)]
-pub struct DecisionLog(Arc<Mutex<Ring>>);
+pub struct DecisionLog(Arc<Log>);
+
+struct Log {
+    ring: Mutex<Ring>,
+    /// 0 keeps none (and never takes the lock).
+    capacity: usize,
+}
 
 /// The records in decision order and an index of them by CallSid.
 struct Ring {
@@ -194,7 +203,6 @@ struct Ring {
     /// The sequence number of each kept CallSid's newest record. A CallSid decided again points
     /// at its newer record; its older one stays in the ring, unindexed, until it is evicted.
     index: HashTable<u64>,
-    capacity: usize,
 }
 
 fn hash(call_id: &str) -> u64 {
@@ -211,8 +219,8 @@ impl Ring {
         self.index.find(hash(call_id), |&seq| self.at(seq).1.ids.call_id() == call_id).copied()
     }
 
-    /// Adds `record` as the newest; returns the oldest when the ring was full.
-    fn push(&mut self, record: Record) -> Option<Record> {
+    /// Adds `record` as the newest; returns the oldest when the ring held more than `capacity`.
+    fn push(&mut self, record: Record, capacity: usize) -> Option<Record> {
         let seq = self.first + self.records.len() as u64;
         let h = hash(record.ids.call_id());
         self.records.push_back((h, record));
@@ -225,7 +233,7 @@ impl Ring {
                 index.insert_unique(h, seq, |&s| at(s).0);
             }
         }
-        if self.records.len() <= self.capacity {
+        if self.records.len() <= capacity {
             return None;
         }
         let (oldest_hash, oldest) = self.records.pop_front().expect("over capacity, so not empty");
@@ -242,31 +250,25 @@ impl Ring {
 impl DecisionLog {
     pub fn new(capacity: usize) -> DecisionLog {
         let reserve = capacity.min(1 << 16);
-        DecisionLog(Arc::new(Mutex::new(Ring {
+        let ring = Ring {
             records: VecDeque::with_capacity(reserve),
             first: 0,
             index: HashTable::with_capacity(reserve),
-            capacity,
-        })))
+        };
+        DecisionLog(Arc::new(Log { ring: Mutex::new(ring), capacity }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Keeps `record`, evicting the oldest past the capacity. A call without a CallSid cannot
     /// be looked up, so it is not kept.
     pub fn keep(&self, record: Record) {
-        if record.ids.call_id().is_empty() {
+        if record.ids.call_id().is_empty() || self.0.capacity == 0 {
             return;
         }
-        let evicted = {
-            let mut ring = self.lock();
-            if ring.capacity == 0 {
-                return;
-            }
-            ring.push(record)
-        };
+        let evicted = self.lock().push(record, self.0.capacity);
         // Freed after the lock is released.
         drop(evicted);
     }

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use answer::GateDecision;
-pub use verdict::{Cause, Decision, DedupResult, Dropped, Enrichment, GateResult, GateRun, Verdict};
+pub use verdict::{
+    Cause, Decision, DedupResult, Dropped, Enrichment, GateName, GateResult, GateRun, Verdict,
+};
 
 use breaker::{Breaker, Outcome};
 use dedup::{Claim, Dedup, Joined};
@@ -115,10 +117,11 @@ pub async fn decide(stages: &Stages<'_>, call: &Call<'_>, deadline: Deadline) ->
     };
     // After dedup, so that a duplicate never takes a second context.
     let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
+    // The gate moves into the verdict, which names it in the decision line.
     let verdict = if gate.chain().is_some() {
-        run_chain(stages, call, deadline, &gate, chain, source, number_agent_id, taken).await
+        run_chain(stages, call, deadline, gate, chain, source, number_agent_id, taken).await
     } else {
-        ask(stages, call, deadline, &gate, source, number_agent_id, taken).await
+        ask(stages, call, deadline, gate, source, number_agent_id, taken).await
     };
     if let Some(lead) = lead {
         lead.settle(&verdict);
@@ -140,7 +143,7 @@ async fn ask(
     stages: &Stages<'_>,
     call: &Call<'_>,
     deadline: Deadline,
-    gate: &Gate,
+    gate: Arc<Gate>,
     source: Source,
     number_agent_id: Option<Arc<str>>,
     taken: Taken,
@@ -154,7 +157,7 @@ async fn ask(
         return finish(verdict, gate);
     };
     // After the context wait: the gate gets what the deadline has left.
-    let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
+    let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
     let request = GateRequest {
         event: "call.inbound",
         from: call.from,
@@ -165,7 +168,7 @@ async fn ask(
         context: taken.fields.as_deref(),
     };
     let started = Instant::now();
-    let asked = stages.gate.ask(gate, &request, limit).await;
+    let asked = stages.gate.ask(&gate, &request, limit).await;
     let elapsed = started.elapsed();
     ticket.report(Outcome::of(&asked.decision, asked.status));
     let mut verdict = settle(asked.decision, gate.on_failure(), source, number_agent_id);
@@ -177,11 +180,11 @@ async fn ask(
 }
 
 /// What every asked gate's verdict ends with: the gate's name, its mode, the sealed header.
-fn finish(mut verdict: Verdict, gate: &Gate) -> Verdict {
-    verdict.gate_display = Some(Arc::clone(gate.display_shared()));
+fn finish(mut verdict: Verdict, gate: Arc<Gate>) -> Verdict {
     if gate.mode() == Mode::Shadow {
         shadow(&mut verdict);
     }
+    verdict.gate_display = Some(GateName::Gate(gate));
     verdict.seal();
     verdict
 }
@@ -194,13 +197,13 @@ async fn run_chain(
     stages: &Stages<'_>,
     call: &Call<'_>,
     deadline: Deadline,
-    gate: &Gate,
+    gate: Arc<Gate>,
     chain: Option<Arc<[crate::routes::Check]>>,
     source: Source,
     number_agent_id: Option<Arc<str>>,
     taken: Taken,
 ) -> Verdict {
-    let (limit, _) = deadline.cap(stages.gate.timeout_for(gate));
+    let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
     let started = Instant::now();
     let facts = chain::Facts::Call {
         from: call.from,

@@ -1,15 +1,15 @@
 //! The decision record (SPEC §10): what was decided about a call and why, kept for the last
 //! `--decision-log-size` calls and served at `GET /v1/calls/{call_sid}`. A call puts its record in
 //! the log itself, under one lock held for a few hundred instructions, never across an await,
-//! and shared with nothing else on the call's path. The log is a ring of records in decision
-//! order with a hash index into it: keeping a record allocates nothing of its own in the steady
-//! state (the record takes over the call's strings), and evicting one frees only those. (Handing
-//! records to a keeper task instead woke another thread for every call, which cost a quarter of
-//! the throughput at 32 connections; a concurrent map with its own eviction queue cost three
-//! shared cache lines and two allocations a call.) Records hold no caller context, variables or
-//! metadata.
+//! and shared with nothing else on the call's path. The log is a ring of records with a hash
+//! index into it; once the ring is full, a call's record overwrites the oldest in place, its
+//! ids copied into the room the oldest's had, so that keeping a record allocates and frees
+//! nothing. (Handing records to a keeper task instead woke another thread for every call,
+//! which cost a quarter of the throughput at 32 connections; a concurrent map with its own
+//! eviction queue cost three shared cache lines and two allocations a call; a fresh block of
+//! ids per record, freed at eviction by whichever worker evicted it, cost about 3% at 32
+//! connections.) Records hold no caller context, variables or metadata.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
@@ -24,9 +24,9 @@ use crate::routes::Source;
 
 /// One decided call, as `GET /v1/calls/{call_sid}` answers it. Made on every call's path and
 /// kept for `--decision-log-size` calls after it, so it is small (88 bytes in the ring) and
-/// holds one allocation at most calls: its ids, agent id and reason are one block, its labels
-/// are the verdict's own one-byte types, what few calls have is boxed, and its timestamp is
-/// formatted only when it is read.
+/// holds one allocation at most calls, reused by the record that overwrites it: its ids, agent
+/// id and reason are one block, its labels are the verdict's own one-byte types, what few calls
+/// have is boxed, and its timestamp is formatted only when it is read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     /// `call_id`, `to`, `from`, the agent that handles the call and the gate's reason.
@@ -54,31 +54,58 @@ pub struct Rare {
 }
 
 impl Record {
+    /// `call`'s record, as `verdict` decided it at `at`.
     pub fn new(call: &Call<'_>, verdict: &Verdict, at: SystemTime) -> Record {
+        Record::with(call, verdict, at, Rare::of(verdict))
+    }
+
+    fn with(call: &Call<'_>, verdict: &Verdict, at: SystemTime, rare: Option<Box<Rare>>) -> Record {
+        let mut record = Record {
+            ids: CallIds::default(),
+            source: verdict.source,
+            decision: verdict.decision,
+            cause: None,
+            context: None,
+            dedup: None,
+            gate_ms: None,
+            at,
+            rare: None,
+        };
+        record.set(call, verdict, at, rare);
+        record
+    }
+
+    /// Overwrites this record with `call`'s, in place: the ids' room is reused when it is large
+    /// enough. Returns the rare parts it held, for the caller to drop.
+    fn set(
+        &mut self,
+        call: &Call<'_>,
+        verdict: &Verdict,
+        at: SystemTime,
+        rare: Option<Box<Rare>>,
+    ) -> Option<Box<Rare>> {
+        self.ids.set(call.call_id, call.to, call.from, verdict.agent_id(), verdict.reason.as_deref());
+        self.source = verdict.source;
+        self.decision = verdict.decision;
+        self.cause = verdict.cause;
+        self.context = verdict.context;
+        self.dedup = verdict.dedup;
+        self.gate_ms = verdict.gate_ms();
+        self.at = at;
+        std::mem::replace(&mut self.rare, rare)
+    }
+}
+
+impl Rare {
+    /// What of `verdict` few calls have: `None` without an override or check results.
+    fn of(verdict: &Verdict) -> Option<Box<Rare>> {
         let override_agent_id = verdict.override_agent_id();
-        let rare = (override_agent_id.is_some() || !verdict.checks.is_empty()).then(|| {
+        (override_agent_id.is_some() || !verdict.checks.is_empty()).then(|| {
             Box::new(Rare {
                 override_agent_id: override_agent_id.map(Into::into),
                 checks: (!verdict.checks.is_empty()).then(|| verdict.checks_json()),
             })
-        });
-        Record {
-            ids: CallIds::new(
-                call.call_id,
-                call.to,
-                call.from,
-                verdict.agent_id(),
-                verdict.reason.as_deref(),
-            ),
-            source: verdict.source,
-            decision: verdict.decision,
-            cause: verdict.cause,
-            context: verdict.context,
-            dedup: verdict.dedup,
-            gate_ms: verdict.gate_ms(),
-            at,
-            rare,
-        }
+        })
     }
 }
 
@@ -107,9 +134,10 @@ impl Serialize for Record {
 }
 
 /// A call's `call_id`, `to`, `from`, agent id and the gate's reason, end to end in one block.
-#[derive(Clone, PartialEq, Eq)]
+/// A record overwritten in the ring reuses the block.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct CallIds {
-    text: Box<str>,
+    text: String,
     /// Where each part after `call_id` starts in `text`: `to`, `from`, the agent id, the reason;
     /// [`ABSENT`] set on an agent id or reason the call does not have.
     starts: [u32; 4],
@@ -117,26 +145,38 @@ pub struct CallIds {
 
 const ABSENT: u32 = 1 << 31;
 
+/// A new block is made this much larger than its ids (at least), so that the calls that reuse
+/// it, whose numbers and agent ids differ in length, seldom need a larger one.
+const ROOM: usize = 32;
+
 impl CallIds {
     pub fn new(call_id: &str, to: &str, from: &str, agent_id: Option<&str>, reason: Option<&str>) -> CallIds {
+        let mut ids = CallIds::default();
+        ids.set(call_id, to, from, agent_id, reason);
+        ids
+    }
+
+    fn set(&mut self, call_id: &str, to: &str, from: &str, agent_id: Option<&str>, reason: Option<&str>) {
         let parts = [call_id, to, from, agent_id.unwrap_or(""), reason.unwrap_or("")];
-        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        let mut starts = [0u32; 4];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.text.clear();
+        if self.text.capacity() < len {
+            self.text = String::with_capacity(len + ROOM);
+        }
         for (i, part) in parts.iter().enumerate() {
             if i > 0 {
                 // A webhook body and a gate's answer are at most 64 KiB each: every offset fits
                 // below ABSENT.
-                starts[i - 1] = u32::try_from(text.len()).expect("ids come from bounded bodies");
+                self.starts[i - 1] = u32::try_from(self.text.len()).expect("ids come from bounded bodies");
             }
-            text.push_str(part);
+            self.text.push_str(part);
         }
         if agent_id.is_none() {
-            starts[2] |= ABSENT;
+            self.starts[2] |= ABSENT;
         }
         if reason.is_none() {
-            starts[3] |= ABSENT;
+            self.starts[3] |= ABSENT;
         }
-        CallIds { text: text.into(), starts }
     }
 
     /// Part `i` (0 is `call_id`), or `None` for an absent one.
@@ -194,15 +234,18 @@ struct Log {
     capacity: usize,
 }
 
-/// The records in decision order and an index of them by CallSid.
+/// The records and an index of them by CallSid.
 struct Ring {
-    /// Oldest first, each with its CallSid's hash; the record at position `i` has sequence
-    /// number `first + i`. (With the hash beside it, evicting a record reads nothing of it.)
-    records: VecDeque<(u64, Record)>,
-    first: u64,
-    /// The sequence number of each kept CallSid's newest record. A CallSid decided again points
-    /// at its newer record; its older one stays in the ring, unindexed, until it is evicted.
-    index: HashTable<u64>,
+    /// Record number `seq` is in slot `seq % capacity`: the ring fills up to the capacity, then
+    /// each record overwrites the oldest in place, reusing its room (no allocation, and nothing
+    /// freed, on a call's path once the ring is full).
+    records: Vec<Record>,
+    /// The next record's number.
+    next: u64,
+    /// The CallSid's hash and the number of its newest record, for each kept CallSid. A CallSid
+    /// decided again points at its newer record; its older one stays in the ring, unindexed,
+    /// until it is overwritten.
+    index: HashTable<(u64, u64)>,
 }
 
 fn hash(call_id: &str) -> u64 {
@@ -210,51 +253,63 @@ fn hash(call_id: &str) -> u64 {
 }
 
 impl Ring {
-    fn at(&self, seq: u64) -> &(u64, Record) {
-        &self.records[(seq - self.first) as usize]
+    fn at(&self, seq: u64, capacity: usize) -> &Record {
+        &self.records[(seq % capacity as u64) as usize]
     }
 
-    /// The index entry of `call_id`'s newest record.
-    fn find(&self, call_id: &str) -> Option<u64> {
-        self.index.find(hash(call_id), |&seq| self.at(seq).1.ids.call_id() == call_id).copied()
+    /// The number of `call_id`'s newest record.
+    fn find(&self, call_id: &str, capacity: usize) -> Option<u64> {
+        let found =
+            self.index.find(hash(call_id), |&(_, seq)| self.at(seq, capacity).ids.call_id() == call_id);
+        found.map(|&(_, seq)| seq)
     }
 
-    /// Adds `record` as the newest; returns the oldest when the ring held more than `capacity`.
-    fn push(&mut self, record: Record, capacity: usize) -> Option<Record> {
-        let seq = self.first + self.records.len() as u64;
-        let h = hash(record.ids.call_id());
-        self.records.push_back((h, record));
-        let Ring { records, first, index, .. } = self;
-        let at = |s: u64| &records[(s - *first) as usize];
-        let call_id = at(seq).1.ids.call_id();
-        match index.find_mut(h, |&s| at(s).1.ids.call_id() == call_id) {
-            Some(newest) => *newest = seq,
+    /// Keeps `call`'s record as the newest, in the oldest's slot once the ring is full. Returns
+    /// the rare parts of the record it overwrote, to be dropped after the lock.
+    fn keep(
+        &mut self,
+        call: &Call<'_>,
+        verdict: &Verdict,
+        at: SystemTime,
+        rare: Option<Box<Rare>>,
+        capacity: usize,
+    ) -> Option<Box<Rare>> {
+        let seq = self.next;
+        self.next += 1;
+        let slot = (seq % capacity as u64) as usize;
+        let overwritten = match self.records.get_mut(slot) {
             None => {
-                index.insert_unique(h, seq, |&s| at(s).0);
+                self.records.push(Record::with(call, verdict, at, rare));
+                None
+            }
+            Some(oldest) => {
+                // Unindexed unless it is still its CallSid's newest record.
+                let oldest_seq = seq - capacity as u64;
+                if let Ok(entry) = self.index.find_entry(hash(oldest.ids.call_id()), |e| e.1 == oldest_seq) {
+                    entry.remove();
+                }
+                oldest.set(call, verdict, at, rare)
+            }
+        };
+        let h = hash(call.call_id);
+        let Ring { records, index, .. } = self;
+        let same =
+            |&(_, s): &(u64, u64)| records[(s % capacity as u64) as usize].ids.call_id() == call.call_id;
+        match index.find_mut(h, same) {
+            Some(newest) => newest.1 = seq,
+            None => {
+                index.insert_unique(h, (h, seq), |e| e.0);
             }
         }
-        if self.records.len() <= capacity {
-            return None;
-        }
-        let (oldest_hash, oldest) = self.records.pop_front().expect("over capacity, so not empty");
-        let oldest_seq = self.first;
-        self.first += 1;
-        // Unindexed unless it is still its CallSid's newest record.
-        if let Ok(entry) = self.index.find_entry(oldest_hash, |&s| s == oldest_seq) {
-            entry.remove();
-        }
-        Some(oldest)
+        overwritten
     }
 }
 
 impl DecisionLog {
     pub fn new(capacity: usize) -> DecisionLog {
         let reserve = capacity.min(1 << 16);
-        let ring = Ring {
-            records: VecDeque::with_capacity(reserve),
-            first: 0,
-            index: HashTable::with_capacity(reserve),
-        };
+        let ring =
+            Ring { records: Vec::with_capacity(reserve), next: 0, index: HashTable::with_capacity(reserve) };
         DecisionLog(Arc::new(Log { ring: Mutex::new(ring), capacity }))
     }
 
@@ -262,21 +317,22 @@ impl DecisionLog {
         self.0.ring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `record`, evicting the oldest past the capacity. A call without a CallSid cannot
-    /// be looked up, so it is not kept.
-    pub fn keep(&self, record: Record) {
-        if record.ids.call_id().is_empty() || self.0.capacity == 0 {
+    /// Keeps `call`'s record, as `verdict` decided it at `at`, in place of the oldest past the
+    /// capacity. A call without a CallSid cannot be looked up, so it is not kept.
+    pub fn keep(&self, call: &Call<'_>, verdict: &Verdict, at: SystemTime) {
+        if call.call_id.is_empty() || self.0.capacity == 0 {
             return;
         }
-        let evicted = self.lock().push(record, self.0.capacity);
+        let rare = Rare::of(verdict);
+        let overwritten = self.lock().keep(call, verdict, at, rare, self.0.capacity);
         // Freed after the lock is released.
-        drop(evicted);
+        drop(overwritten);
     }
 
     /// The record of a recent call.
     pub fn get(&self, call_id: &str) -> Option<Record> {
         let ring = self.lock();
-        ring.find(call_id).map(|seq| ring.at(seq).1.clone())
+        ring.find(call_id, self.0.capacity).map(|seq| ring.at(seq, self.0.capacity).clone())
     }
 }
 
@@ -299,7 +355,7 @@ mod tests {
         let log = DecisionLog::new(2);
         let verdict = Verdict::without_gate(Source::None, None);
         for sid in ["CA1", "CA2", "CA3"] {
-            log.keep(Record::new(&call(sid), &verdict, SystemTime::UNIX_EPOCH));
+            log.keep(&call(sid), &verdict, SystemTime::UNIX_EPOCH);
         }
         let newest = kept(&log, "CA3");
         assert_eq!(newest.decision, Decision::NoGate);
@@ -309,11 +365,9 @@ mod tests {
         assert!(log.get("CA1").is_none(), "the oldest is evicted");
         // A CallSid decided again is one entry, the newer; its older place in the order does
         // not evict it.
-        log.keep(Record {
-            decision: Decision::Accept,
-            ..Record::new(&call("CA2"), &verdict, SystemTime::now())
-        });
-        log.keep(Record::new(&call("CA4"), &verdict, SystemTime::now()));
+        let accepted = Verdict { decision: Decision::Accept, ..verdict.clone() };
+        log.keep(&call("CA2"), &accepted, SystemTime::now());
+        log.keep(&call("CA4"), &verdict, SystemTime::now());
         kept(&log, "CA4");
         assert_eq!(log.get("CA2").unwrap().decision, Decision::Accept);
         assert!(log.get("CA3").is_none());
@@ -328,7 +382,7 @@ mod tests {
             // Eleven CallSids in an order that repeats some before they are evicted.
             let sid = format!("CA{}", (i * 7 + i / 3) % 11);
             let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(i));
-            log.keep(Record::new(&call(&sid), &verdict, at));
+            log.keep(&call(&sid), &verdict, at);
             order.push((sid, at));
         }
         let last7 = &order[order.len() - 7..];
@@ -342,7 +396,33 @@ mod tests {
     #[test]
     fn a_slot_in_the_ring_stays_small() {
         // Every call writes one, cold, and it stays for --decision-log-size calls.
-        assert!(std::mem::size_of::<(u64, Record)>() <= 88, "{}", std::mem::size_of::<(u64, Record)>());
+        assert!(std::mem::size_of::<Record>() <= 88, "{}", std::mem::size_of::<Record>());
+    }
+
+    #[test]
+    fn an_overwritten_slot_holds_only_the_new_record() {
+        let log = DecisionLog::new(1);
+        let long = "x".repeat(500);
+        let mut rejected = Verdict::without_gate(Source::Number, Some("agent_a".into()));
+        rejected.decision = Decision::Reject;
+        rejected.reason = Some(long.clone());
+        rejected.enrichment.agent_id = Some("agent_vip".into());
+        log.keep(&call("CA1"), &Verdict::without_gate(Source::None, None), SystemTime::UNIX_EPOCH);
+        // Longer ids than the slot had room for, and an override.
+        log.keep(&call("CA2"), &rejected, SystemTime::UNIX_EPOCH);
+        let r = kept(&log, "CA2");
+        assert_eq!((r.ids.reason(), r.ids.agent_id()), (Some(long.as_str()), Some("agent_vip")));
+        assert_eq!(r.rare.as_ref().and_then(|r| r.override_agent_id.as_deref()), Some("agent_vip"));
+        assert!(log.get("CA1").is_none());
+        // Shorter ids, no reason, no override: nothing of the record before is left.
+        log.keep(&call("CA3"), &Verdict::without_gate(Source::None, None), SystemTime::UNIX_EPOCH);
+        let r = kept(&log, "CA3");
+        assert_eq!(
+            r,
+            Record::new(&call("CA3"), &Verdict::without_gate(Source::None, None), SystemTime::UNIX_EPOCH)
+        );
+        assert_eq!((r.ids.reason(), r.ids.agent_id(), r.rare), (None, None, None));
+        assert!(log.get("CA2").is_none());
     }
 
     #[test]

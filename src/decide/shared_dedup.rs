@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::chain::{CheckResult, CheckStatus};
 use super::context::ContextUse;
 use super::link::{Link, Listener, Topic, OP_LIMIT};
-use super::{Cause, Decision, Enrichment, GateResult, GateRun, Verdict};
+use super::{Cause, Decision, Enrichment, GateName, GateResult, GateRun, Verdict};
 use crate::metrics::StoreOp;
 use crate::routes::checks::CheckType;
 use crate::routes::Source;
@@ -263,7 +263,7 @@ impl Kept {
             override_agent_id: v.enrichment.agent_id.clone(),
             dropped_invalid: v.enrichment.dropped_invalid,
             gate: v.gate.map(|g| (g.result.as_str().into(), g.elapsed.as_micros() as u64)),
-            gate_display: v.gate_display.as_deref().map(Into::into),
+            gate_display: v.gate_display.as_ref().map(|g| g.as_str().into()),
             context_header: v.context_header.as_ref().and_then(|h| h.to_str().ok()).map(Into::into),
             context_too_large: v.context_too_large,
             forward_enrichment: v.forward_enrichment,
@@ -310,7 +310,7 @@ impl Kept {
             }),
             None => None,
         };
-        v.gate_display = self.gate_display.map(Into::into);
+        v.gate_display = self.gate_display.map(|name| GateName::Recorded(name.into()));
         v.context_header = match self.context_header {
             Some(h) => Some(HeaderValue::try_from(h).ok()?),
             None => None,
@@ -372,7 +372,7 @@ mod tests {
         v.reason = Some("r".into());
         v.enrichment.agent_id = Some("agent_b".into());
         v.gate = Some(GateRun { result: GateResult::Failure, elapsed: Duration::from_micros(1234) });
-        v.gate_display = Some("http://gate/x".into());
+        v.gate_display = Some(GateName::Recorded("http://gate/x".into()));
         v.context = Some(ContextUse::Waited);
         v.shadow = true;
         v.checks.push(CheckResult {
@@ -390,7 +390,7 @@ mod tests {
         assert_eq!(back.context_header, v.context_header);
         assert!(back.context_header.is_some());
         assert_eq!((back.context, back.shadow, back.checks), (v.context, true, v.checks));
-        assert_eq!(back.gate_display, v.gate_display);
+        assert_eq!(back.gate_display.as_ref().map(GateName::as_str), Some("http://gate/x"));
         let unknown = json.replace("fail_closed", "maybe");
         assert!(serde_json::from_str::<Kept>(&unknown).unwrap().verdict().is_none());
     }

@@ -8,7 +8,7 @@ use http::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::context::{ContextUse, Fields};
-use crate::routes::Source;
+use crate::routes::{Gate, Source};
 
 /// What became of an inbound ringing call: the `decision` label, the log line, the record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +223,24 @@ pub struct GateRun {
     pub elapsed: Duration,
 }
 
+/// The gate a call asked, as the decision line names it: `scheme://host[:port]/path`, safe for
+/// logs. The table's gate itself (its name is not copied), or the name another replica
+/// recorded (a duplicate CallSid's copy of its decision, through the shared store).
+#[derive(Clone, Debug)]
+pub enum GateName {
+    Gate(Arc<Gate>),
+    Recorded(Arc<str>),
+}
+
+impl GateName {
+    pub fn as_str(&self) -> &str {
+        match self {
+            GateName::Gate(gate) => gate.display(),
+            GateName::Recorded(name) => name,
+        }
+    }
+}
+
 /// Everything decided about one call. Made by [`crate::decide::decide`] alone; read by the
 /// webhook (TwiML or forwarding), the metrics, the decision line and the decision record.
 #[derive(Clone, Debug)]
@@ -240,8 +258,8 @@ pub struct Verdict {
     pub enrichment: Enrichment,
     /// The gate exchange, when a gate was asked.
     pub gate: Option<GateRun>,
-    /// `scheme://host[:port]/path` of the gate asked: safe for logs.
-    pub gate_display: Option<Arc<str>>,
+    /// The gate asked, for the decision line.
+    pub gate_display: Option<GateName>,
     /// `X-Callgate-Context` for the engine, when the call has something to carry and it fits.
     pub context_header: Option<HeaderValue>,
     /// `X-Callgate-Context` was left out for its size.

@@ -179,11 +179,6 @@ impl Gate {
         &self.display
     }
 
-    /// [`Gate::display`], shared (each call's verdict names its gate without a copy).
-    pub fn display_shared(&self) -> &Arc<str> {
-        &self.display
-    }
-
     /// The gate's own deadline, when it has one (else the process-wide `--gate-timeout`).
     pub fn timeout_ms(&self) -> Option<u32> {
         self.timeout_ms

@@ -15,8 +15,7 @@ use hyper::body::Incoming;
 
 use crate::app::Served;
 use crate::body;
-use crate::decide::record::Record;
-use crate::decide::{decide, Call, Deadline, Decision, Verdict};
+use crate::decide::{decide, Call, Deadline, Decision, GateName, Verdict};
 use crate::engine::{Peer, Stamp};
 use crate::error::RequestError;
 use crate::events::DecisionEvent;
@@ -106,7 +105,7 @@ fn record(app: &App, call: &Call<'_>, verdict: &Verdict) {
         override_agent_id = verdict.override_agent_id(),
         // hit, waited or miss only: pushed context is data about people, never logged.
         context = verdict.context.map(|c| c.as_str()),
-        gate = verdict.gate_display.as_deref(),
+        gate = verdict.gate_display.as_ref().map(GateName::as_str),
         checks = (!verdict.checks.is_empty()).then(|| tracing::field::display(Checks(&verdict.checks))),
         dedup = verdict.dedup.map(|d| d.as_str()),
         shadow = verdict.shadow.then_some(true),
@@ -124,7 +123,7 @@ fn record(app: &App, call: &Call<'_>, verdict: &Verdict) {
             "gate enrichment dropped; the call goes on without it"
         );
     }
-    app.decisions.keep(Record::new(call, verdict, SystemTime::now()));
+    app.decisions.keep(call, verdict, SystemTime::now());
     emit_event(app, call, verdict);
 }
 

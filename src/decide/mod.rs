@@ -119,7 +119,8 @@ pub async fn decide(stages: &Stages<'_>, call: &Call<'_>, deadline: Deadline) ->
     let taken = take_context(stages, call, number_agent_id.as_deref(), context_wait, deadline).await;
     // The gate moves into the verdict, which names it in the decision line.
     let verdict = if gate.chain().is_some() {
-        run_chain(stages, call, deadline, gate, chain, source, number_agent_id, taken).await
+        // Boxed: a chain's future is large, and most calls ask a webhook gate.
+        Box::pin(run_chain(stages, call, deadline, gate, chain, source, number_agent_id, taken)).await
     } else {
         ask(stages, call, deadline, gate, source, number_agent_id, taken).await
     };

@@ -110,6 +110,10 @@ pub struct Args {
     /// reported beside callgate's.
     #[arg(long)]
     pub nginx_pid_file: Option<PathBuf>,
+    /// With --compare, what the peer at that address is called in the report (bench/ab.sh
+    /// puts another callgate build there).
+    #[arg(long, default_value = "nginx+njs")]
+    pub compare_name: String,
     /// With --compare, also a node+express (bench/node/) listening at this address.
     #[arg(long)]
     pub node: Option<SocketAddr>,

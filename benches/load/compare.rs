@@ -56,7 +56,8 @@ fn rivals(args: &Args) -> Vec<Rival> {
         .and_then(|file| std::fs::read_to_string(file).ok())
         .and_then(|s| s.trim().parse().ok());
     let mut rivals = vec![Rival {
-        name: "nginx+njs",
+        // Named once per run; the report's rows borrow the name for the whole run.
+        name: Box::leak(args.compare_name.clone().into_boxed_str()),
         target: Target::new(args.compare.expect("--compare ADDR")),
         pids: nginx_master.map(process::with_children).unwrap_or_default(),
     }];

@@ -7,8 +7,8 @@
 //! nothing. (Handing records to a keeper task instead woke another thread for every call,
 //! which cost a quarter of the throughput at 32 connections; a concurrent map with its own
 //! eviction queue cost three shared cache lines and two allocations a call; a fresh block of
-//! ids per record, freed at eviction by whichever worker evicted it, cost about 3% at 32
-//! connections.) Records hold no caller context, variables or metadata.
+//! ids per record was one more malloc a call, freed at eviction by whichever worker evicted
+//! it.) Records hold no caller context, variables or metadata.
 
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -252,9 +252,14 @@ fn hash(call_id: &str) -> u64 {
     FxBuildHasher.hash_one(call_id)
 }
 
+/// The slot of record number `seq`.
+fn slot(seq: u64, capacity: usize) -> usize {
+    (seq % capacity as u64) as usize
+}
+
 impl Ring {
     fn at(&self, seq: u64, capacity: usize) -> &Record {
-        &self.records[(seq % capacity as u64) as usize]
+        &self.records[slot(seq, capacity)]
     }
 
     /// The number of `call_id`'s newest record.
@@ -264,11 +269,13 @@ impl Ring {
         found.map(|&(_, seq)| seq)
     }
 
-    /// Keeps `call`'s record as the newest, in the oldest's slot once the ring is full. Returns
-    /// the rare parts of the record it overwrote, to be dropped after the lock.
+    /// Keeps `call`'s record (its CallSid hashing to `h`) as the newest, in the oldest's slot
+    /// once the ring is full. Returns the rare parts of the record it overwrote, to be dropped
+    /// after the lock.
     fn keep(
         &mut self,
         call: &Call<'_>,
+        h: u64,
         verdict: &Verdict,
         at: SystemTime,
         rare: Option<Box<Rare>>,
@@ -276,8 +283,7 @@ impl Ring {
     ) -> Option<Box<Rare>> {
         let seq = self.next;
         self.next += 1;
-        let slot = (seq % capacity as u64) as usize;
-        let overwritten = match self.records.get_mut(slot) {
+        let overwritten = match self.records.get_mut(slot(seq, capacity)) {
             None => {
                 self.records.push(Record::with(call, verdict, at, rare));
                 None
@@ -291,10 +297,8 @@ impl Ring {
                 oldest.set(call, verdict, at, rare)
             }
         };
-        let h = hash(call.call_id);
         let Ring { records, index, .. } = self;
-        let same =
-            |&(_, s): &(u64, u64)| records[(s % capacity as u64) as usize].ids.call_id() == call.call_id;
+        let same = |&(_, s): &(u64, u64)| records[slot(s, capacity)].ids.call_id() == call.call_id;
         match index.find_mut(h, same) {
             Some(newest) => newest.1 = seq,
             None => {
@@ -323,8 +327,9 @@ impl DecisionLog {
         if call.call_id.is_empty() || self.0.capacity == 0 {
             return;
         }
-        let rare = Rare::of(verdict);
-        let overwritten = self.lock().keep(call, verdict, at, rare, self.0.capacity);
+        // What needs no lock is done before it.
+        let (h, rare) = (hash(call.call_id), Rare::of(verdict));
+        let overwritten = self.lock().keep(call, h, verdict, at, rare, self.0.capacity);
         // Freed after the lock is released.
         drop(overwritten);
     }

@@ -2,10 +2,13 @@
 //! the decision log, readiness) and the two ways a request leaves callgate for the engine.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either as FutureEither;
+use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -19,7 +22,7 @@ use crate::decide::link::Link;
 use crate::decide::record::DecisionLog;
 use crate::decide::shared_context::RedisContexts;
 use crate::decide::Stages;
-use crate::engine::{Engine, EngineBody, Peer, Stamp, MAX_STREAMED_BODY};
+use crate::engine::{Engine, EngineBody, EngineError, Peer, Stamp, MAX_STREAMED_BODY};
 use crate::error::RequestError;
 use crate::events::Events;
 use crate::gate::GateClient;
@@ -229,33 +232,48 @@ impl App {
     }
 
     /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most
-    /// `timeout` for the engine's answer head.
-    pub async fn forward(
-        &self,
+    /// `timeout` for the engine's answer head. The request is marked and handed to the engine's
+    /// pool before anything waits: the future holds no request and no `stamp`.
+    pub fn forward<'s>(
+        &'s self,
         mut request: Request<EngineBody>,
         peer: Peer,
         stamp: Stamp<'_>,
         timeout: Duration,
-    ) -> Served {
+    ) -> impl Future<Output = Served> + Send + use<'s> {
         self.engine.prepare(&mut request, peer, &stamp);
-        self.send(request, timeout).await
+        self.send(request, timeout)
     }
 
     /// Forwards any other request, streaming its body (up to [`MAX_STREAMED_BODY`]).
-    pub async fn forward_stream(&self, request: Request<Incoming>, peer: Peer) -> Served {
+    pub fn forward_stream(
+        &self,
+        request: Request<Incoming>,
+        peer: Peer,
+    ) -> impl Future<Output = Served> + Send + '_ {
         if body::declared_length(request.headers()).is_some_and(|n| n > MAX_STREAMED_BODY as u64) {
-            return Served::refused(RequestError::BodyTooLarge(MAX_STREAMED_BODY));
+            return FutureEither::Left(std::future::ready(Served::refused(RequestError::BodyTooLarge(
+                MAX_STREAMED_BODY,
+            ))));
         }
         let within = self.settings.header_timeout;
         let mut request = request.map(|b| Either::Right(body::ClientBody::new(b, MAX_STREAMED_BODY, within)));
         self.engine.prepare(&mut request, peer, &Stamp::None);
-        self.send(request, self.settings.upstream_timeout).await
+        FutureEither::Right(self.send(request, self.settings.upstream_timeout))
     }
 
-    async fn send(&self, request: Request<EngineBody>, timeout: Duration) -> Served {
+    fn send(
+        &self,
+        request: Request<EngineBody>,
+        timeout: Duration,
+    ) -> impl Future<Output = Served> + Send + '_ {
         let started = Instant::now();
-        let result = self.engine.forward(request, timeout).await;
-        let waited = started.elapsed();
+        self.engine.forward(request, timeout).map(move |result| self.served(result, started.elapsed()))
+    }
+
+    /// The engine's answer passed on, or callgate's own for a failed exchange (counted and
+    /// logged when the engine was at fault).
+    fn served(&self, result: Result<Response<Incoming>, EngineError>, waited: Duration) -> Served {
         let response = match result {
             Ok(response) => response.map(Either::Right),
             Err(e) => {

@@ -3,11 +3,14 @@
 //! WebSocket upgrades relayed byte for byte in both directions.
 
 use std::fmt::Write as _;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either as FutureEither;
+use futures_util::FutureExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -138,11 +141,15 @@ impl Engine {
     /// Sends `request` (already cleaned by [`Engine::prepare`]) and returns the engine's
     /// response head within `timeout`, with its body still streaming. A `101 Switching
     /// Protocols` is wired to the client's upgraded connection here.
-    pub async fn forward(
+    ///
+    /// Not an `async fn`: the request is handed to the pool before anything waits, so the
+    /// future every call's future holds carries the pool's boxed exchange and a timer, never
+    /// the request (an `async fn` would keep it, twice, in every state).
+    pub fn forward(
         &self,
         mut request: Request<EngineBody>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, EngineError> {
+    ) -> impl Future<Output = Result<Response<Incoming>, EngineError>> + Send + '_ {
         // `prepare` kept `Upgrade` only on an upgrade request.
         let client_upgrade =
             request.headers().contains_key(header::UPGRADE).then(|| hyper::upgrade::on(&mut request));
@@ -154,17 +161,30 @@ impl Engine {
             Either::Left(_) => None,
         };
         let sent = self.client.get().request(request);
-        tokio::pin!(sent);
-        let sent = match body_finished {
-            None => tokio::time::timeout(timeout, sent).await.map_err(drop),
-            Some((body_finished, within)) => tokio::select! {
-                sent = sent.as_mut() => Ok(sent),
-                _ = body_finished => tokio::time::timeout(timeout, sent).await.map_err(drop),
-                _ = tokio::time::sleep(within + timeout) => Err(()),
-            },
+        let answered = match body_finished {
+            None => FutureEither::Left(tokio::time::timeout(timeout, sent).map(|r| r.map_err(drop))),
+            // Boxed: the rarer path, and its select is the larger future.
+            Some((body_finished, within)) => FutureEither::Right(Box::pin(async move {
+                tokio::pin!(sent);
+                tokio::select! {
+                    sent = sent.as_mut() => Ok(sent),
+                    _ = body_finished => tokio::time::timeout(timeout, sent).await.map_err(drop),
+                    _ = tokio::time::sleep(within + timeout) => Err(()),
+                }
+            })),
         };
+        answered.map(move |sent| self.answered(sent, client_upgrade, timeout))
+    }
+
+    /// What became of a forwarded request: the engine's response, or why there is none.
+    fn answered(
+        &self,
+        sent: Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, EngineError> {
         let mut response = match sent {
-            Err(_) => return Err(EngineError::Timeout(timeout)),
+            Err(()) => return Err(EngineError::Timeout(timeout)),
             Ok(Err(e)) if e.is_connect() => return Err(EngineError::Connect(e)),
             Ok(Err(e)) if is_body_limit(&e) => return Err(EngineError::BodyTooLarge),
             Ok(Err(e)) if client_fault(&e).is_some() => {

@@ -3,6 +3,7 @@
 //! waiting per gate, optional request signing, and the strict reading of the answer into a
 //! [`GateDecision`] (read by [`crate::decide::answer`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,7 +16,7 @@ use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
@@ -226,15 +227,28 @@ impl GateClient {
 
     /// As [`GateClient::check_within`], with the status the gate answered (for the circuit
     /// breaker, which counts a 5xx but not a 4xx).
-    pub async fn ask(&self, gate: &Gate, call: &GateRequest<'_>, limit: Duration) -> Asked {
-        let Some((_permit, pool)) = self.admit(gate) else {
-            return Asked { decision: GateDecision::Failure(Cause::Overload), status: None };
-        };
-        let body = Bytes::from(serde_json::to_vec(call).expect("plain strings serialise"));
-        let request = self.request(gate, body);
-        match tokio::time::timeout(limit, self.exchange(pool, request)).await {
-            Ok(asked) => asked,
-            Err(_) => Asked { decision: GateDecision::Failure(Cause::Timeout), status: None },
+    ///
+    /// Not an `async fn`: the permit is taken and the request built and handed to the pool at
+    /// once, so the future borrows nothing and holds no request, only the pool's boxed
+    /// exchange and a timer (it is part of every gated call's future).
+    pub fn ask(
+        &self,
+        gate: &Gate,
+        call: &GateRequest<'_>,
+        limit: Duration,
+    ) -> impl Future<Output = Asked> + Send {
+        let sent = self.admit(gate).map(|(permit, pool)| {
+            let body = Bytes::from(serde_json::to_vec(call).expect("plain strings serialise"));
+            (permit, pool.request(self.request(gate, body)))
+        });
+        async move {
+            let Some((_permit, sent)) = sent else {
+                return Asked { decision: GateDecision::Failure(Cause::Overload), status: None };
+            };
+            match tokio::time::timeout(limit, exchange(sent)).await {
+                Ok(asked) => asked,
+                Err(_) => Asked { decision: GateDecision::Failure(Cause::Timeout), status: None },
+            }
         }
     }
 
@@ -304,24 +318,34 @@ impl GateClient {
         *request.body_mut() = Full::new(body);
         request
     }
+}
 
-    async fn exchange(&self, pool: &HttpsClient, request: Request<Full<Bytes>>) -> Asked {
-        let response = match pool.request(request).await {
-            Ok(r) => r,
-            Err(_) => return Asked { decision: GateDecision::Failure(Cause::Connect), status: None },
-        };
-        let status = Some(response.status());
-        let decision = if response.status() != StatusCode::OK {
-            GateDecision::Failure(Cause::Status)
-        } else if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
-            GateDecision::Failure(Cause::Malformed)
-        } else {
-            match Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await {
-                Ok(body) => parse_answer(&body.to_bytes()),
-                Err(_) => GateDecision::Failure(Cause::Malformed),
-            }
-        };
-        Asked { decision, status }
+/// The gate's answer to a request already handed to the pool.
+async fn exchange(sent: ResponseFuture) -> Asked {
+    // Only the body is held while it is read: the response is let go within the match.
+    let (status, body) = match sent.await {
+        Ok(response) => (response.status(), answer_body(response)),
+        Err(_) => return Asked { decision: GateDecision::Failure(Cause::Connect), status: None },
+    };
+    let body = match body {
+        Ok(body) => Limited::new(body, MAX_ANSWER_BYTES),
+        Err(cause) => return Asked { decision: GateDecision::Failure(cause), status: Some(status) },
+    };
+    let decision = match body.collect().await {
+        Ok(body) => parse_answer(&body.to_bytes()),
+        Err(_) => GateDecision::Failure(Cause::Malformed),
+    };
+    Asked { decision, status: Some(status) }
+}
+
+/// The body of an answer worth reading: a 200 declaring no more than [`MAX_ANSWER_BYTES`].
+fn answer_body(response: http::Response<hyper::body::Incoming>) -> Result<hyper::body::Incoming, Cause> {
+    if response.status() != StatusCode::OK {
+        Err(Cause::Status)
+    } else if body::declared_length(response.headers()).is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        Err(Cause::Malformed)
+    } else {
+        Ok(response.into_body())
     }
 }
 

@@ -61,27 +61,34 @@ impl Dedup {
             Dedup::Memory(memory) => memory.claim(call.call_id),
             Dedup::Shared(memory, shared) => {
                 // A duplicate on this replica joins or replays here, without the store.
-                let mut lead = match memory.claim(call.call_id) {
+                let lead = match memory.claim(call.call_id) {
                     Claim::Lead(lead) => lead,
                     here => return here,
                 };
-                match shared.claim(call.call_id).await {
-                    Found::Claimed(remote) => {
-                        lead.remote = Some(remote);
-                        Claim::Lead(lead)
-                    }
-                    Found::Pending(listener, hold) => {
-                        let link = Arc::clone(shared.link());
-                        Claim::Join(Follow::Remote(Box::new(Elsewhere { lead, link, listener, hold })))
-                    }
-                    Found::Decided(first) => {
-                        lead.settle(&first);
-                        Claim::Replay(Arc::from(first))
-                    }
-                    Found::Unknown => Claim::Lead(lead),
-                }
+                // Boxed: the store's exchange is a large future, and every gated call's
+                // future would carry its room whether or not dedup is shared.
+                Box::pin(claim_shared(shared, lead, call.call_id)).await
             }
         }
+    }
+}
+
+/// The shared store's part of a claim this replica leads.
+async fn claim_shared<'d>(shared: &'d SharedDedup, mut lead: Lead<'d>, call_id: &str) -> Claim<'d> {
+    match shared.claim(call_id).await {
+        Found::Claimed(remote) => {
+            lead.remote = Some(Box::new(remote));
+            Claim::Lead(lead)
+        }
+        Found::Pending(listener, hold) => {
+            let link = Arc::clone(shared.link());
+            Claim::Join(Follow::Remote(Box::new(Elsewhere { lead, link, listener, hold })))
+        }
+        Found::Decided(first) => {
+            lead.settle(&first);
+            Claim::Replay(Arc::from(first))
+        }
+        Found::Unknown => Claim::Lead(lead),
     }
 }
 
@@ -199,8 +206,9 @@ pub struct Lead<'d> {
     seq: u64,
     tx: watch::Sender<Option<Arc<Verdict>>>,
     settled: bool,
-    /// This replica's claim in the shared store, when it holds one.
-    remote: Option<Remote>,
+    /// This replica's claim in the shared store, when it holds one (boxed: most leads have
+    /// none, and a lead is part of every deduplicated call's future).
+    remote: Option<Box<Remote>>,
 }
 
 impl Lead<'_> {

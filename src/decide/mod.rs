@@ -108,7 +108,8 @@ pub async fn decide(stages: &Stages<'_>, call: &Call<'_>, deadline: Deadline) ->
         Claim::Replay(first) => return again(&first, DedupResult::Replayed, Duration::ZERO),
         Claim::Join(follow) => {
             let started = Instant::now();
-            match follow.wait(deadline.remaining()).await {
+            // Boxed: joining is rare, and its wait is a large future.
+            match Box::pin(follow.wait(deadline.remaining())).await {
                 Joined::Decided(first) => return again(&first, DedupResult::Joined, started.elapsed()),
                 // The first went away undecided: decide this one.
                 Joined::Undecided(lead) => lead,
@@ -159,17 +160,22 @@ async fn ask(
     };
     // After the context wait: the gate gets what the deadline has left.
     let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
-    let request = GateRequest {
-        event: "call.inbound",
-        from: call.from,
-        to: call.to,
-        call_id: call.call_id,
-        agent_id: number_agent_id.as_deref(),
-        test: call.test,
-        context: taken.fields.as_deref(),
-    };
     let started = Instant::now();
-    let asked = stages.gate.ask(&gate, &request, limit).await;
+    // The request is sent before the wait: only the exchange is held across it.
+    let asking = stages.gate.ask(
+        &gate,
+        &GateRequest {
+            event: "call.inbound",
+            from: call.from,
+            to: call.to,
+            call_id: call.call_id,
+            agent_id: number_agent_id.as_deref(),
+            test: call.test,
+            context: taken.fields.as_deref(),
+        },
+        limit,
+    );
+    let asked = asking.await;
     let elapsed = started.elapsed();
     ticket.report(Outcome::of(&asked.decision, asked.status));
     let mut verdict = settle(asked.decision, gate.on_failure(), source, number_agent_id);

@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either as FutureEither;
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -316,12 +318,13 @@ async fn serve_connection<I, S, F>(
         let activity = Arc::clone(&activity);
         service_fn(move |request: Request<Incoming>| {
             let in_flight = activity.request_started(request.version() == http::Version::HTTP_2);
-            let response = service(request);
-            async move {
-                let response = response.await;
+            // A combinator, not an `async move` block: a block would hold the service's
+            // future twice (as its capture and as the awaited value), and hyper moves this
+            // future into place on every request.
+            service(request).map(move |response| {
                 drop(in_flight);
                 Ok::<_, Infallible>(response)
-            }
+            })
         })
     };
     match protocols {
@@ -382,9 +385,15 @@ async fn stop_signal(stopped: &mut watch::Receiver<bool>) {
 }
 
 /// One request on the public listener: voice paths to the webhook, the rest to the engine.
-async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer) -> Response<ResBody> {
+/// Not an `async fn`, which would hold the request twice in the future hyper moves into place
+/// on every request.
+fn handle_public(
+    app: Arc<App>,
+    mut request: Request<Incoming>,
+    peer: Peer,
+) -> impl Future<Output = Response<ResBody>> + Send {
     if let Some(refusal) = refuse_framing(&request) {
-        return refusal;
+        return FutureEither::Left(std::future::ready(refusal));
     }
     let started = Instant::now();
     // An HTTP/2 request names its host in `:authority`; the signed URL and the engine (which
@@ -396,15 +405,17 @@ async fn handle_public(app: Arc<App>, mut request: Request<Incoming>, peer: Peer
             request.headers_mut().insert(http::header::HOST, host);
         }
     }
-    let (route, served) = match app.path_kind(request.uri().path()) {
-        PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, started).await),
-        PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, started).await),
-        PathKind::Other => (Route::Proxy, app.forward_stream(request, peer).await),
-    };
-    let elapsed = started.elapsed();
-    app.metrics.record_request(route, elapsed);
-    app.metrics.record_overhead(elapsed.saturating_sub(served.waited));
-    served.response
+    FutureEither::Right(async move {
+        let (route, served) = match app.path_kind(request.uri().path()) {
+            PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, started).await),
+            PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, started).await),
+            PathKind::Other => (Route::Proxy, app.forward_stream(request, peer).await),
+        };
+        let elapsed = started.elapsed();
+        app.metrics.record_request(route, elapsed);
+        app.metrics.record_overhead(elapsed.saturating_sub(served.waited));
+        served.response
+    })
 }
 
 /// Framing hyper lets through that an intermediary must not pass on: an HTTP/1.1 request

@@ -6,6 +6,7 @@ pub mod signature;
 pub mod twilio;
 pub mod twiml;
 
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::CONTENT_TYPE;
@@ -31,56 +32,78 @@ pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 /// Handles one request to a voice path (`gated`) or a signed path that arrived (its head read)
 /// at `arrived`: the body limit, form and signature checks, then, on a voice path, the decision
 /// for an inbound ringing call, and the busy reject or the forward to the engine.
-pub async fn handle(
+///
+/// Every gated call's future is this one, moved into place by hyper on each request, so it is
+/// kept small: not an `async fn` (which would hold the request twice), the decision's
+/// working values scoped to the wait that needs them, and the engine's request handed to its
+/// pool before the wait for its answer.
+pub fn handle(
     app: &App,
     request: Request<Incoming>,
     peer: Peer,
     gated: bool,
     arrived: Instant,
-) -> Served {
+) -> impl Future<Output = Served> + Send + '_ {
     let (parts, body) = request.into_parts();
-    let body = match body::read(&parts.headers, body, MAX_WEBHOOK_BODY, app.settings.header_timeout).await {
-        Ok(body) => body,
-        Err(e) => return Served::refused(e.into()),
-    };
-    // The query lives in the URI; keep our own handle on it so `parts` can move on.
-    let uri = parts.uri.clone();
-    let (params, carrier) = match parse_params(&parts, &uri, &body) {
-        Ok(parsed) => parsed,
-        Err(e) => return Served::refused(e),
-    };
-    if let Err(e) = verify_signature(app, &parts, peer, carrier.signed(&params, &body)) {
-        return Served::refused(e);
+    async move {
+        let body = match body::read(&parts.headers, body, MAX_WEBHOOK_BODY, app.settings.header_timeout).await
+        {
+            Ok(body) => body,
+            Err(e) => return Served::refused(e.into()),
+        };
+        let (forwarding, gate_wait) = {
+            // The query lives in the URI; keep our own handle on it so `parts` can move on.
+            let uri = parts.uri.clone();
+            let (params, carrier) = match parse_params(&parts, &uri, &body) {
+                Ok(parsed) => parsed,
+                Err(e) => return Served::refused(e),
+            };
+            if let Err(e) = verify_signature(app, &parts, peer, carrier.signed(&params, &body)) {
+                return Served::refused(e);
+            }
+            let params = CallParams::from_params(&params);
+            if !gated || !params.is_inbound_ringing() {
+                let stamp = if gated { Stamp::NotGated } else { Stamp::None };
+                (
+                    app.forward(buffered(parts, &body), peer, stamp, app.settings.upstream_timeout),
+                    Duration::ZERO,
+                )
+            } else {
+                let Some(to) = params.to else { return Served::refused(RequestError::MissingTo) };
+                let call = Call {
+                    call_id: params.call_sid.unwrap_or(""),
+                    from: params.from.unwrap_or(""),
+                    to,
+                    test: false,
+                };
+                let deadline = Deadline::new(arrived, app.settings.twilio_deadline);
+                let verdict = decide(&app.stages(), &call, deadline).await;
+                record(app, &call, &verdict);
+                let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed) + verdict.context_waited;
+                if verdict.decision.blocks() {
+                    return Served { response: reject_response(), waited: gate_wait };
+                }
+                let (timeout, cut) = deadline.cap(app.settings.upstream_timeout);
+                if cut {
+                    app.metrics.record_deadline_cut();
+                }
+                let stamp = Stamp::Decided {
+                    decision: verdict.decision,
+                    agent_id: verdict.agent_id(),
+                    context: verdict.context_header.as_ref(),
+                };
+                (app.forward(buffered(parts, &body), peer, stamp, timeout), gate_wait)
+            }
+        };
+        let mut served = forwarding.await;
+        served.waited += gate_wait;
+        served
     }
-    let params = CallParams::from_params(&params);
-    let buffered =
-        |parts, body: &bytes::Bytes| Request::from_parts(parts, Either::Left(Full::new(body.clone())));
-    if !gated || !params.is_inbound_ringing() {
-        let stamp = if gated { Stamp::NotGated } else { Stamp::None };
-        return app.forward(buffered(parts, &body), peer, stamp, app.settings.upstream_timeout).await;
-    }
-    let Some(to) = params.to else { return Served::refused(RequestError::MissingTo) };
-    let call =
-        Call { call_id: params.call_sid.unwrap_or(""), from: params.from.unwrap_or(""), to, test: false };
-    let deadline = Deadline::new(arrived, app.settings.twilio_deadline);
-    let verdict = decide(&app.stages(), &call, deadline).await;
-    record(app, &call, &verdict);
-    let gate_wait = verdict.gate.map_or(Duration::ZERO, |g| g.elapsed) + verdict.context_waited;
-    if verdict.decision.blocks() {
-        return Served { response: reject_response(), waited: gate_wait };
-    }
-    let (timeout, cut) = deadline.cap(app.settings.upstream_timeout);
-    if cut {
-        app.metrics.record_deadline_cut();
-    }
-    let stamp = Stamp::Decided {
-        decision: verdict.decision,
-        agent_id: verdict.agent_id(),
-        context: verdict.context_header.as_ref(),
-    };
-    let mut served = app.forward(buffered(parts, &body), peer, stamp, timeout).await;
-    served.waited += gate_wait;
-    served
+}
+
+/// The request for the engine: Twilio's head and the body as read, untouched.
+fn buffered(parts: http::request::Parts, body: &bytes::Bytes) -> Request<crate::engine::EngineBody> {
+    Request::from_parts(parts, Either::Left(Full::new(body.clone())))
 }
 
 /// Everything a decided call leaves behind, from its verdict, in one place: the metrics, the

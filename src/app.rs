@@ -232,8 +232,8 @@ impl App {
     }
 
     /// Forwards a request whose body callgate has read, marked as `stamp` says, waiting at most
-    /// `timeout` for the engine's answer head. The request is marked and handed to the engine's
-    /// pool before anything waits: the future holds no request and no `stamp`.
+    /// `timeout` for the engine's answer head. The request is marked and wrapped in the engine pool's
+    /// boxed exchange before anything waits: the future keeps no copy of it and no `stamp`.
     pub fn forward<'s>(
         &'s self,
         mut request: Request<EngineBody>,

@@ -142,9 +142,10 @@ impl Engine {
     /// response head within `timeout`, with its body still streaming. A `101 Switching
     /// Protocols` is wired to the client's upgraded connection here.
     ///
-    /// Not an `async fn`: the request is handed to the pool before anything waits, so the
-    /// future every call's future holds carries the pool's boxed exchange and a timer, never
-    /// the request (an `async fn` would keep it, twice, in every state).
+    /// Not an `async fn`: the request goes into the pool's boxed exchange (which connects and
+    /// sends once polled) before anything waits, so the future every call's future holds
+    /// carries that box and a timer, not the request (an `async fn` would keep it, twice, in
+    /// every state).
     pub fn forward(
         &self,
         mut request: Request<EngineBody>,

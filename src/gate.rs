@@ -228,9 +228,10 @@ impl GateClient {
     /// As [`GateClient::check_within`], with the status the gate answered (for the circuit
     /// breaker, which counts a 5xx but not a 4xx).
     ///
-    /// Not an `async fn`: the permit is taken and the request built and handed to the pool at
-    /// once, so the future borrows nothing and holds no request, only the pool's boxed
-    /// exchange and a timer (it is part of every gated call's future).
+    /// Not an `async fn`: the permit is taken and the request built, signed and wrapped in the
+    /// pool's boxed exchange (which connects and sends once polled) at once, so the future
+    /// borrows nothing and keeps no copy of the request, only that box and a timer (it is part
+    /// of every gated call's future).
     pub fn ask(
         &self,
         gate: &Gate,
@@ -320,7 +321,7 @@ impl GateClient {
     }
 }
 
-/// The gate's answer to a request already handed to the pool.
+/// The gate's answer to a request in the pool's boxed exchange.
 async fn exchange(sent: ResponseFuture) -> Asked {
     // Only the body is held while it is read: the response is let go within the match.
     let (status, body) = match sent.await {

@@ -395,7 +395,6 @@ fn handle_public(
     if let Some(refusal) = refuse_framing(&request) {
         return FutureEither::Left(std::future::ready(refusal));
     }
-    let started = Instant::now();
     // An HTTP/2 request names its host in `:authority`; the signed URL and the engine (which
     // speaks HTTP/1.1) both read `Host`.
     if !request.headers().contains_key(http::header::HOST) {
@@ -406,6 +405,9 @@ fn handle_public(
         }
     }
     FutureEither::Right(async move {
+        // From the first poll, as when this was an `async fn`: an HTTP/2 stream's task may
+        // wait in the run queue between the service call and its first poll.
+        let started = Instant::now();
         let (route, served) = match app.path_kind(request.uri().path()) {
             PathKind::Voice => (Route::Voice, webhook::handle(&app, request, peer, true, started).await),
             PathKind::Signed => (Route::Proxy, webhook::handle(&app, request, peer, false, started).await),

@@ -161,7 +161,7 @@ async fn ask(
     // After the context wait: the gate gets what the deadline has left.
     let (limit, _) = deadline.cap(stages.gate.timeout_for(&gate));
     let started = Instant::now();
-    // The request is sent before the wait: only the exchange is held across it.
+    // The request is built before the wait: only the pool's boxed exchange is held across it.
     let asking = stages.gate.ask(
         &gate,
         &GateRequest {

@@ -35,8 +35,8 @@ pub const MAX_WEBHOOK_BODY: usize = 64 * 1024;
 ///
 /// Every gated call's future is this one, moved into place by hyper on each request, so it is
 /// kept small: not an `async fn` (which would hold the request twice), the decision's
-/// working values scoped to the wait that needs them, and the engine's request handed to its
-/// pool before the wait for its answer.
+/// working values scoped to the wait that needs them, and the engine's request built and boxed
+/// by its pool before the wait for its answer.
 pub fn handle(
     app: &App,
     request: Request<Incoming>,

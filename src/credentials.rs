@@ -6,13 +6,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher as _};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
+use crate::file_watch::FileWatch;
 use crate::metrics::Metrics;
 
 /// A secret value: printed as `***`.
@@ -86,11 +85,13 @@ impl Credentials {
         self.current.load_full()
     }
 
-    /// Reads `path` and swaps its credentials in; on failure nothing changes (logged, counted).
-    pub fn reload(&self, path: &Path, metrics: &Metrics) -> bool {
-        let read =
-            std::fs::read(path).map_err(|e| format!("cannot read: {}", e.kind())).and_then(|b| parse(&b));
-        match read {
+    /// Swaps in the credentials `read` from `path`; on failure nothing changes (logged, counted).
+    pub fn reload(&self, path: &Path, read: &std::io::Result<Vec<u8>>, metrics: &Metrics) -> bool {
+        let parsed = match read {
+            Ok(bytes) => parse(bytes),
+            Err(e) => Err(format!("cannot read: {}", e.kind())),
+        };
+        match parsed {
             Ok(map) => {
                 tracing::info!(path = %path.display(), ids = map.len(), "credentials loaded");
                 self.current.store(Arc::new(map));
@@ -106,55 +107,34 @@ impl Credentials {
     }
 }
 
-/// How often the file is compared, besides filesystem events.
-const POLL: Duration = Duration::from_millis(500);
-
-/// Watches `path` (its directory, so renames and `..data` swaps are seen, and a poll) and
-/// reloads on change, until the guard is dropped.
-pub fn watch(path: PathBuf, credentials: Arc<Credentials>, metrics: &'static Metrics) -> WatchGuard {
-    let dirty = Arc::new(tokio::sync::Notify::new());
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let watcher = {
-        let dirty = Arc::clone(&dirty);
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
-                dirty.notify_one();
-            }
-        })
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
-        .ok()
-    };
+/// Follows `path` with [`FileWatch`] and reloads when its content differs from `loaded` (the
+/// bytes start-up read, if any) or from the last reload, until the guard is dropped. A change
+/// of metadata alone (a `touch`, the same Secret written again) reloads nothing.
+pub fn watch(
+    path: PathBuf,
+    loaded: Option<Vec<u8>>,
+    credentials: Arc<Credentials>,
+    metrics: &'static Metrics,
+) -> WatchGuard {
+    let mut file = FileWatch::new(path.clone(), "credentials");
     let task = tokio::spawn(async move {
-        let mut seen = (crate::routes::watch::stat(&path), std::fs::read(&path).ok());
-        let mut poll = tokio::time::interval(POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = loaded;
+        // Compared once before the first event, so a change made between start-up's read and
+        // this watcher's start is not missed.
         loop {
-            tokio::select! {
-                _ = dirty.notified() => tokio::time::sleep(crate::routes::watch::DEBOUNCE).await,
-                _ = poll.tick() => {}
+            let read = std::fs::read(&path);
+            if read.as_ref().ok() != last.as_ref() {
+                credentials.reload(&path, &read, metrics);
+                last = read.ok();
             }
-            let stat = crate::routes::watch::stat(&path);
-            if stat == seen.0 && stat.is_some() {
-                continue;
-            }
-            let bytes = std::fs::read(&path).ok();
-            if bytes == seen.1 {
-                seen.0 = stat;
-                continue;
-            }
-            credentials.reload(&path, metrics);
-            seen = (stat, bytes);
+            file.changed().await;
         }
     });
-    WatchGuard { _watcher: watcher, task }
+    WatchGuard { task }
 }
 
 /// Stops watching when dropped.
 pub struct WatchGuard {
-    _watcher: Option<notify::RecommendedWatcher>,
     task: tokio::task::JoinHandle<()>,
 }
 

@@ -30,6 +30,8 @@
 //!   WebSocket relays.
 //! - [`routes`]: the validated, immutable routing table; [`routes::store`] swaps it whole;
 //!   [`routes::writer`] is its one writer and [`routes::shared`] keeps it in Redis.
+//! - [`file_watch`]: a file followed for change (the routes file, `--credentials`): directory
+//!   events, debounced, and a metadata poll.
 //! - [`events`]: decision events: the outbox under `--state-dir` and signed, retried delivery.
 //! - [`admin`]: probes, `/metrics` and the admin API on the admin listener.
 //! - [`logging`]: the buffered log writer that keeps `write`s off the request path, and the
@@ -51,6 +53,7 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod file_watch;
 pub mod gate;
 pub mod logging;
 pub mod metrics;
@@ -137,10 +140,14 @@ pub async fn run(
         settings.workers,
     );
     let mut credentials = Arc::new(credentials::Credentials::default());
+    let mut credentials_read = None;
     if let Some(path) = &settings.credentials {
         match std::fs::read(path) {
             Ok(bytes) => match credentials::parse(&bytes) {
-                Ok(map) => credentials = Arc::new(credentials::Credentials::new(map)),
+                Ok(map) => {
+                    credentials = Arc::new(credentials::Credentials::new(map));
+                    credentials_read = Some(bytes);
+                }
                 Err(reason) => {
                     return Err(StartError::Credentials { path: path.display().to_string(), reason })
                 }
@@ -153,8 +160,11 @@ pub async fn run(
     let mut app = App::new(settings, routes, writer.clone(), gate, events, metrics);
     app.credentials = Arc::clone(&credentials);
     let app = Arc::new(app);
-    let _credentials_watch =
-        app.settings.credentials.clone().map(|path| credentials::watch(path, credentials, metrics));
+    let _credentials_watch = app
+        .settings
+        .credentials
+        .clone()
+        .map(|path| credentials::watch(path, credentials_read, credentials, metrics));
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {

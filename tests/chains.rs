@@ -377,11 +377,51 @@ async fn credentials_swapped_by_a_data_link_are_used_while_calls_flow() {
         );
         assert!(Instant::now() < deadline, "the new key was never used");
     }
-    // An invalid file changes nothing.
-    secret_volume(dir.path(), "2026_12_04_c", &json!({"cred_dnd_provider": "not an object"}));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (_, answer) = ask().await;
-    assert_eq!(answer["pre_check_results"][0]["status"], "proceed");
+    // An invalid file changing nothing: the_credentials_file_reloads_on_new_content_only.
+}
+
+/// The credentials file is reloaded when its content changes, and only then: the same bytes
+/// written again reload nothing, an invalid file is counted and changes nothing.
+#[tokio::test]
+async fn the_credentials_file_reloads_on_new_content_only() {
+    let api = dnd_api("Bearer KEY-TWO").await;
+    let engine = Stub::start(Reply::json("<Response/>")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let one = json!({"cred_dnd_provider": {"dnd_api_key": "KEY-ONE"}});
+    let creds = with_credentials(dir.path(), &one);
+    let routes = json!({"check_sets": {"dnd": [dnd_check(&api.url("/check"))]}});
+    let cg = Binary::spawn(&routes.to_string(), &engine.url(""), &["--credentials", creds.to_str().unwrap()]);
+    let reason = || async {
+        let body = json!({"check_set": "dnd", "payload": {"customer_mobile_number": "+447700900001"}});
+        let (_, answer) = cg.admin("POST", "/v1/precheck", Some(body)).await;
+        answer["pre_check_results"][0]["status"].as_str().unwrap().to_owned()
+    };
+    let ok = r#"callgate_credentials_reloads_total{result="ok"}"#;
+    let error = r#"callgate_credentials_reloads_total{result="error"}"#;
+    let until = |series: &'static str, want: f64| {
+        let cg = &cg;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cg.metric(series).await != want {
+                assert!(Instant::now() < deadline, "{series} never reached {want}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(reason().await, "failed", "KEY-ONE is refused");
+
+    // The same bytes, written again: events and a new mtime, no reload. The invalid file after
+    // it is seen only once the rewrite was, so the counters after it tell.
+    std::fs::write(&creds, one.to_string()).unwrap();
+    std::fs::write(&creds, r#"{"cred_dnd_provider": "not an object"}"#).unwrap();
+    until(error, 1.0).await;
+    assert_eq!(cg.metric(ok).await, 0.0, "rewriting the same content reloaded");
+    assert_eq!(reason().await, "failed", "the invalid file changed the keys in force");
+
+    with_credentials(dir.path(), &json!({"cred_dnd_provider": {"dnd_api_key": "KEY-TWO"}}));
+    until(ok, 1.0).await;
+    assert_eq!(reason().await, "proceed");
+    assert_eq!(cg.metric(error).await, 1.0);
 }
 
 #[tokio::test]

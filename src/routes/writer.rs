@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::shared::{Expect, Redis, StoreError, Written};
 use super::store::RouteStore;
-use super::watch::{stat, Stat};
 use super::{Gate, RouteTable, ValidateOptions};
+use crate::file_watch::{stat, Stat};
 use crate::metrics::{Metrics, StoreOp};
 
 /// Most edits combined into one save.

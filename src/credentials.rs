@@ -86,7 +86,7 @@ impl Credentials {
     }
 
     /// Swaps in the credentials `read` from `path`; on failure nothing changes (logged, counted).
-    pub fn reload(&self, path: &Path, read: &std::io::Result<Vec<u8>>, metrics: &Metrics) -> bool {
+    pub fn reload(&self, path: &Path, read: &std::io::Result<Vec<u8>>, metrics: &Metrics) {
         let parsed = match read {
             Ok(bytes) => parse(bytes),
             Err(e) => Err(format!("cannot read: {}", e.kind())),
@@ -96,51 +96,35 @@ impl Credentials {
                 tracing::info!(path = %path.display(), ids = map.len(), "credentials loaded");
                 self.current.store(Arc::new(map));
                 metrics.record_credentials_reload(true);
-                true
             }
             Err(reason) => {
                 tracing::error!(path = %path.display(), %reason, "credentials reload failed; the last good ones stay in force");
                 metrics.record_credentials_reload(false);
-                false
             }
         }
     }
 }
 
 /// Follows `path` with [`FileWatch`] and reloads when its content differs from `loaded` (the
-/// bytes start-up read, if any) or from the last reload, until the guard is dropped. A change
-/// of metadata alone (a `touch`, the same Secret written again) reloads nothing.
-pub fn watch(
+/// bytes start-up read, if any) or from the last reload; spawn it and abort the task to stop.
+/// A change of metadata alone (a `touch`, the same Secret written again) reloads nothing.
+pub async fn follow(
     path: PathBuf,
     loaded: Option<Vec<u8>>,
     credentials: Arc<Credentials>,
     metrics: &'static Metrics,
-) -> WatchGuard {
+) {
     let mut file = FileWatch::new(path.clone(), "credentials");
-    let task = tokio::spawn(async move {
-        let mut last = loaded;
-        // Compared once before the first event, so a change made between start-up's read and
-        // this watcher's start is not missed.
-        loop {
-            let read = std::fs::read(&path);
-            if read.as_ref().ok() != last.as_ref() {
-                credentials.reload(&path, &read, metrics);
-                last = read.ok();
-            }
-            file.changed().await;
+    let mut last = loaded;
+    // Compared once before the first event, so a change made between start-up's read and this
+    // watcher's start is not missed.
+    loop {
+        let read = std::fs::read(&path);
+        if read.as_ref().ok() != last.as_ref() {
+            credentials.reload(&path, &read, metrics);
+            last = read.ok();
         }
-    });
-    WatchGuard { task }
-}
-
-/// Stops watching when dropped.
-pub struct WatchGuard {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.task.abort();
+        file.changed().await;
     }
 }
 

@@ -13,14 +13,14 @@ use tokio::sync::Notify;
 
 /// Quiet time after the last filesystem event before a change counts: a burst (write, chmod,
 /// rename, symlink swap) counts once.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// The longest a burst may postpone a change: a directory that never falls quiet (a busy
 /// neighbour file) still has its changes seen within the SPEC's second.
-pub const MAX_DEBOUNCE: Duration = Duration::from_millis(300);
+const MAX_DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// How often the file's metadata is compared, in case an event was missed.
-pub const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(500);
 
 /// One watched file. Dropping it stops the directory watch.
 pub struct FileWatch {

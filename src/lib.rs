@@ -160,11 +160,9 @@ pub async fn run(
     let mut app = App::new(settings, routes, writer.clone(), gate, events, metrics);
     app.credentials = Arc::clone(&credentials);
     let app = Arc::new(app);
-    let _credentials_watch = app
-        .settings
-        .credentials
-        .clone()
-        .map(|path| credentials::watch(path, credentials_read, credentials, metrics));
+    let _credentials_watch = app.settings.credentials.clone().map(|path| {
+        AbortOnDrop(tokio::spawn(credentials::follow(path, credentials_read, credentials, metrics)))
+    });
     let _upkeep = AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
@@ -207,10 +205,9 @@ pub async fn run(
     }
     app.table_loaded.send_replace(true);
     // File mode follows the routes file; a shared store's replica follows the store.
-    let _watching = match follower {
-        None => Some(routes::watch::start(app.settings.routes.clone(), writer)),
-        Some(_) => None,
-    };
+    let _watching = follower
+        .is_none()
+        .then(|| AbortOnDrop(tokio::spawn(routes::watch::follow(app.settings.routes.clone(), writer))));
     let _following = follower.map(|(client, channel)| {
         AbortOnDrop(tokio::spawn(routes::shared::follow(client, channel, app.writer.clone(), metrics)))
     });

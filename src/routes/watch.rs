@@ -7,27 +7,14 @@ use std::path::PathBuf;
 use super::writer::Writer;
 use crate::file_watch::FileWatch;
 
-/// Watches `path` until the returned guard is dropped.
-pub fn start(path: PathBuf, writer: Writer) -> WatchGuard {
+/// Follows `path`, reloading through `writer` on every change; spawn it and abort the task to
+/// stop.
+pub async fn follow(path: PathBuf, writer: Writer) {
     let mut file = FileWatch::new(path, "routes");
-    let task = tokio::spawn(async move {
-        // A change made while the first table loaded, before this watcher started, is not missed.
+    // A change made while the first table loaded, before this watcher started, is not missed.
+    writer.reload().await;
+    loop {
+        file.changed().await;
         writer.reload().await;
-        loop {
-            file.changed().await;
-            writer.reload().await;
-        }
-    });
-    WatchGuard { task }
-}
-
-/// Stops watching when dropped.
-pub struct WatchGuard {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
